@@ -1,0 +1,38 @@
+"""softsort: differentiable sorting, ranking and quantiles by entropic optimal transport.
+
+The math is written once against the Python array API standard; NumPy, CuPy, JAX and
+PyTorch arrays all work, and JAX and PyTorch differentiate through every operator.
+"""
+
+from __future__ import annotations
+
+from ._api import (
+    TransportResult,
+    quantile,
+    quantile_normalization,
+    quantize,
+    ranks,
+    sort,
+    sort_with,
+    topk_mask,
+    transport_for_sort,
+    vjp,
+)
+from ._errors import ConvergenceWarning
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConvergenceWarning",
+    "TransportResult",
+    "__version__",
+    "quantile",
+    "quantile_normalization",
+    "quantize",
+    "ranks",
+    "sort",
+    "sort_with",
+    "topk_mask",
+    "transport_for_sort",
+    "vjp",
+]

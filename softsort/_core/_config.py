@@ -1,0 +1,28 @@
+"""Static solver configuration: hashable, so JAX can treat it as a compile-time constant."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class SolverConfig:
+    """Options of the Sinkhorn solve and of its implicit backward (see :func:`softsort.sort`).
+
+    ``epsilon`` is not here: it may be a traced value, so it travels as an array.
+    """
+
+    threshold: float = 1e-3
+    max_iterations: int = 2000
+    inner_iterations: int = 10
+    implicit_diff: bool = True
+    #: "auto" (dense up to ``dense_limit`` unknowns, conjugate gradients beyond), "dense", "cg".
+    implicit_solver: str = "auto"
+    dense_limit: int = 1024
+    cg_tol: float = 1e-6
+    cg_max_iterations: int = 500
+
+    @property
+    def num_checks(self) -> int:
+        """How many convergence checks fit in ``max_iterations`` (size of the error log)."""
+        return -(-self.max_iterations // self.inner_iterations)

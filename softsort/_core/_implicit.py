@@ -1,0 +1,121 @@
+"""Implicit differentiation of the Sinkhorn fixed point, written once for every backend.
+
+At the fixed point ``P_ij = exp((f_i + g_j - C_ij) / eps)`` has row sums ``a`` and column
+sums ``b``. Given ``G = dL/dP`` and ``Gh = G * P``, solve the symmetric system
+
+    [diag(a)  P      ] [u]   [Gh 1  ]
+    [P^T      diag(b)] [v] = [Gh^T 1]
+
+(null space ``(1, -1)``); then ``dL/dC = P * (u_i + v_j - G_ij) / eps``, ``dL/db = v`` and
+``dL/da = u`` (both up to a constant, which is all a probability vector's gradient is).
+The iterations themselves are never differentiated, so memory does not grow with them.
+
+``a`` and ``b`` are taken as the *actual* marginals of ``P``: at a finite threshold they
+differ from the requested ones, and only the actual ones make ``(1, -1)`` an exact null
+vector, so the rank-one pin below stays consistent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._compat import device
+from ._config import SolverConfig
+
+
+def _dense_solve(xp: Any, mat: Any, rhs: Any) -> Any:
+    return xp.linalg.solve(mat, rhs[..., None])[..., 0]
+
+
+def _cg_solve(backend: Any, config: SolverConfig, matvec: Any, diag: Any, rhs: Any) -> Any:
+    """Jacobi-preconditioned conjugate gradients, batched, jit-safe (fixed-shape state)."""
+    xp = backend.xp
+    dot = lambda p, q: xp.sum(p * q, axis=-1, keepdims=True)  # noqa: E731
+    x = xp.zeros_like(rhs)
+    r = rhs
+    zr = r / diag
+    p = zr
+    rz = dot(r, zr)
+    tol2 = (config.cg_tol**2) * dot(rhs, rhs)
+
+    def cond(state: tuple[Any, ...]) -> Any:
+        _, r, _, _, k = state
+        return xp.logical_and(k < config.cg_max_iterations, xp.any(dot(r, r) > tol2))
+
+    def body(state: tuple[Any, ...]) -> tuple[Any, ...]:
+        x, r, p, rz, k = state
+        ap = matvec(p)
+        pap = dot(p, ap)
+        alpha = rz / xp.where(pap > 0, pap, xp.ones_like(pap))
+        x = x + alpha * p
+        r = r - alpha * ap
+        zr = r / diag
+        rz_new = dot(r, zr)
+        beta = rz_new / xp.where(rz > 0, rz, xp.ones_like(rz))
+        p = zr + beta * p
+        return x, r, p, rz_new, k + 1
+
+    k0 = xp.asarray(0, dtype=xp.int32, device=device(rhs))
+    x, *_ = backend.while_loop(cond, body, (x, r, p, rz, k0))
+    return x
+
+
+def plan_vjp(
+    backend: Any, config: SolverConfig, plan: Any, eps: Any, cot: Any
+) -> tuple[Any, Any, Any]:
+    """Cotangents of the cost matrix and of the target weights, given ``cot = dL/dP``.
+
+    Returns ``(dL/dC, dL/da, dL/db)``; the weight cotangents are centred to sum to zero.
+    Shapes: ``plan`` and ``cot`` (B, n, m), ``eps`` (B,).
+    """
+    xp = backend.xp
+    n, m = plan.shape[-2], plan.shape[-1]
+    gh = cot * plan
+    ra = xp.sum(gh, axis=-1)
+    rb = xp.sum(gh, axis=-2)
+    a = xp.sum(plan, axis=-1)
+    b = xp.sum(plan, axis=-2)
+    tiny = xp.finfo(plan.dtype).tiny
+    a = xp.where(a > tiny, a, xp.full_like(a, tiny))
+    b = xp.where(b > tiny, b, xp.full_like(b, tiny))
+    pt = xp.matrix_transpose(plan)
+
+    def mv(mat: Any, vec: Any) -> Any:
+        return (mat @ vec[..., None])[..., 0]
+
+    # Eliminate the larger block and solve the Schur complement on the smaller one.
+    if m <= n:
+        big, small, r_big, r_small, p_bs = a, b, ra, rb, plan  # p_bs: (big, small)
+    else:
+        big, small, r_big, r_small, p_bs = b, a, rb, ra, pt
+    p_sb = xp.matrix_transpose(p_bs)
+    k = small.shape[-1]
+    rhs = r_small - mv(p_sb, r_big / big)
+    # S = diag(small) - P_sb diag(1/big) P_bs is PSD with null vector 1; adding
+    # mean(small) * 11^T pins the solution to sum(x) = 0 without changing the rest.
+    pin = xp.mean(small, axis=-1, keepdims=True)
+    use_dense = config.implicit_solver == "dense" or (
+        config.implicit_solver == "auto" and k <= config.dense_limit
+    )
+    if use_dense:
+        eye = xp.eye(k, dtype=plan.dtype, device=device(plan))
+        schur = small[..., None] * eye - p_sb @ (p_bs / big[..., None])
+        schur = schur + pin[..., None]
+        x_small = _dense_solve(xp, schur, rhs)
+    else:
+
+        def matvec(v: Any) -> Any:
+            return small * v - mv(p_sb, mv(p_bs, v) / big) + pin * xp.sum(v, axis=-1, keepdims=True)
+
+        diag = small - xp.sum(p_bs * p_bs / big[..., None], axis=-2) + pin
+        diag = xp.where(diag > tiny, diag, xp.full_like(diag, tiny))
+        x_small = _cg_solve(backend, config, matvec, diag, rhs)
+    x_big = (r_big - mv(p_bs, x_small)) / big
+    if m <= n:
+        u, v = x_big, x_small
+    else:
+        u, v = x_small, x_big
+    d_cost = plan * (u[..., :, None] + v[..., None, :] - cot) / eps[..., None, None]
+    d_a = u - xp.mean(u, axis=-1, keepdims=True)
+    d_b = v - xp.mean(v, axis=-1, keepdims=True)
+    return d_cost, d_a, d_b

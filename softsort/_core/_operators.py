@@ -1,0 +1,234 @@
+"""Every operator as (target measure, read-out), and the one pipeline that runs them.
+
+squash the criterion -> solve for the plan (:mod:`._transport`) -> read the answer off the
+plan (:mod:`._readouts`). Public documentation: the functions of :mod:`softsort._api`.
+Inputs arrive here already validated, moved to the last axis and flattened to (B, n).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from .._compat import device
+from . import _readouts as ro
+from . import _targets
+from ._config import SolverConfig
+from ._squash import default_squash, default_squash_vjp
+from ._transport import Transport, transport, transport_vjp
+
+
+class Prepared(NamedTuple):
+    b: Any  # (m,) or (B, m) target weights
+    aux: Any  # whatever the read-out needs (targets, selection matrix, ...)
+    a: Any = None  # (n,) or (B, n) input weights; None means uniform
+
+
+class Operator(NamedTuple):
+    """An operator: its target measure and how its answer is read off the plan."""
+
+    prepare: Callable[..., Prepared]  # (xp, n, like) -> Prepared
+    readout: Callable[..., Any]  # (xp, plan, values, b, aux) -> out
+    readout_vjp: Callable[..., tuple[Any, Any]]  # (xp, plan, values, b, aux, cot) -> (dP, dv)
+
+
+def _arange_like(xp: Any, m: int, like: Any) -> Any:
+    return xp.arange(m, dtype=like.dtype, device=device(like))
+
+
+def _pad_front(xp: Any, cot: Any, start: int, axis: int) -> Any:
+    if start == 0:
+        return cot
+    shape = list(cot.shape)
+    shape[axis] = start
+    return xp.concat([xp.zeros(tuple(shape), dtype=cot.dtype, device=device(cot)), cot], axis=axis)
+
+
+# -- sort and sort_with ----------------------------------------------------------------------
+def sort_op(topk: int | None, num_targets: int | None, rows: bool = False) -> Operator:
+    """``topk`` in [1, n) selects the top-k measure; else ``num_targets`` uniform targets."""
+
+    def prepare(xp: Any, n: int, like: Any) -> Prepared:
+        if topk is not None and topk < n:
+            return Prepared(_targets.topk(xp, n, topk, like), 1)
+        return Prepared(_targets.uniform(xp, num_targets or n, like), 0)
+
+    if rows:
+
+        def readout(xp: Any, plan: Any, values: Any, b: Any, start: int) -> Any:
+            return ro.sorted_rows(xp, plan, values, b)[..., start:, :]
+
+        def readout_vjp(xp: Any, plan: Any, values: Any, b: Any, start: int, cot: Any) -> Any:
+            return ro.sorted_rows_vjp(xp, plan, values, b, _pad_front(xp, cot, start, -2))
+
+    else:
+
+        def readout(xp: Any, plan: Any, values: Any, b: Any, start: int) -> Any:
+            return ro.sorted_values(xp, plan, values, b)[..., start:]
+
+        def readout_vjp(xp: Any, plan: Any, values: Any, b: Any, start: int, cot: Any) -> Any:
+            return ro.sorted_values_vjp(xp, plan, values, b, _pad_front(xp, cot, start, -1))
+
+    return Operator(prepare, readout, readout_vjp)
+
+
+# -- ranks and topk_mask ----------------------------------------------------------------------
+def ranks_op(num_targets: int | None, target_weights: Any) -> Operator:
+    def prepare(xp: Any, n: int, like: Any) -> Prepared:
+        if target_weights is not None:
+            b = target_weights
+        else:
+            b = _targets.uniform(xp, num_targets or n, like)
+        m = b.shape[-1]
+        scale = (n - 1) / (m - 1) if m > 1 else 0.0
+        return Prepared(b, (_arange_like(xp, m, like), scale))
+
+    def readout(xp: Any, plan: Any, values: Any, b: Any, aux: Any) -> Any:
+        return ro.transported(xp, plan, aux[0], aux[1])
+
+    def readout_vjp(xp: Any, plan: Any, values: Any, b: Any, aux: Any, cot: Any) -> Any:
+        return ro.transported_vjp(xp, plan, aux[0], aux[1], cot), None
+
+    return Operator(prepare, readout, readout_vjp)
+
+
+def topk_mask_op(k: int) -> Operator:
+    def prepare(xp: Any, n: int, like: Any) -> Prepared:
+        return Prepared(_targets.two_level(xp, n, k, like), _arange_like(xp, 2, like))
+
+    def readout(xp: Any, plan: Any, values: Any, b: Any, levels: Any) -> Any:
+        return ro.transported(xp, plan, levels, 1.0)
+
+    def readout_vjp(xp: Any, plan: Any, values: Any, b: Any, levels: Any, cot: Any) -> Any:
+        return ro.transported_vjp(xp, plan, levels, 1.0, cot), None
+
+    return Operator(prepare, readout, readout_vjp)
+
+
+# -- quantile ---------------------------------------------------------------------------------
+def quantile_op(q: Any, weight: Any) -> Operator:
+    """``q`` is a 1-D array of levels in any order; output follows that order."""
+
+    def prepare(xp: Any, n: int, like: Any) -> Prepared:
+        r = q.shape[-1]
+        order = xp.argsort(q)
+        b = _targets.quantile_weights(xp, xp.take(q, order), n, weight)
+        # select[j, l] = 1 when target j is the small target of the level q[l]:
+        # the k-th smallest level sits at target 2k + 1.
+        rank = xp.argsort(order)
+        m = 2 * r + 1
+        rows = xp.arange(m, device=device(like))
+        select = xp.astype(rows[:, None] == (2 * rank + 1)[None, :], like.dtype)
+        return Prepared(b, select)
+
+    def readout(xp: Any, plan: Any, values: Any, b: Any, select: Any) -> Any:
+        return ro.sorted_values(xp, plan, values, b) @ select
+
+    def readout_vjp(xp: Any, plan: Any, values: Any, b: Any, select: Any, cot: Any) -> Any:
+        return ro.sorted_values_vjp(xp, plan, values, b, cot @ xp.matrix_transpose(select))
+
+    return Operator(prepare, readout, readout_vjp)
+
+
+# -- quantize and quantile_normalization ------------------------------------------------------
+def quantize_op(num_levels: int) -> Operator:
+    def prepare(xp: Any, n: int, like: Any) -> Prepared:
+        return Prepared(_targets.uniform(xp, num_levels, like), None)
+
+    def readout(xp: Any, plan: Any, values: Any, b: Any, aux: Any) -> Any:
+        return ro.quantized(xp, plan, values, b)
+
+    def readout_vjp(xp: Any, plan: Any, values: Any, b: Any, aux: Any, cot: Any) -> Any:
+        return ro.quantized_vjp(xp, plan, values, b, cot)
+
+    return Operator(prepare, readout, readout_vjp)
+
+
+def quantile_normalization_op(targets: Any, weights: Any) -> Operator:
+    def prepare(xp: Any, n: int, like: Any) -> Prepared:
+        m = targets.shape[-1]
+        b = weights if weights is not None else _targets.uniform(xp, m, like)
+        return Prepared(b, targets)
+
+    def readout(xp: Any, plan: Any, values: Any, b: Any, tgt: Any) -> Any:
+        return ro.transported(xp, plan, tgt, 1.0)
+
+    def readout_vjp(xp: Any, plan: Any, values: Any, b: Any, tgt: Any, cot: Any) -> Any:
+        return ro.transported_vjp(xp, plan, tgt, 1.0, cot), None
+
+    return Operator(prepare, readout, readout_vjp)
+
+
+def plan_op(weights: Any, target_weights: Any, num_targets: int | None) -> Operator:
+    """No read-out: for transport_for_sort, which returns the plan itself."""
+
+    def prepare(xp: Any, n: int, like: Any) -> Prepared:
+        if target_weights is not None:
+            return Prepared(target_weights, None, weights)
+        return Prepared(_targets.uniform(xp, num_targets or n, like), None, weights)
+
+    def readout(xp: Any, plan: Any, values: Any, b: Any, aux: Any) -> Any:
+        return plan
+
+    def readout_vjp(xp: Any, plan: Any, values: Any, b: Any, aux: Any, cot: Any) -> Any:
+        return cot, None
+
+    return Operator(prepare, readout, readout_vjp)
+
+
+# -- the pipeline -------------------------------------------------------------------------------
+def _problem(backend: Any, op: Operator, criterion: Any, eps: Any) -> tuple[Any, ...]:
+    xp = backend.xp
+    batch, n = criterion.shape[0], criterion.shape[-1]
+    prep = op.prepare(xp, n, criterion)
+    m = prep.b.shape[-1]
+    b = xp.broadcast_to(prep.b, (batch, m))
+    if prep.a is not None:
+        a = xp.broadcast_to(prep.a, (batch, n))
+    else:
+        a = xp.full((batch, n), 1.0 / n, dtype=criterion.dtype, device=device(criterion))
+    eps = xp.broadcast_to(eps, (batch,))
+    return prep, a, b, eps
+
+
+def run(
+    backend: Any,
+    op: Operator,
+    values: Any,
+    criterion: Any,
+    eps: Any,
+    squash: Callable[[Any], Any] | None,
+    config: SolverConfig,
+) -> tuple[Any, Transport]:
+    """Forward pass, differentiable by the framework (the plan by its implicit VJP)."""
+    xp = backend.xp
+    prep, a, b, eps = _problem(backend, op, criterion, eps)
+    z = default_squash(xp, criterion) if squash is None else squash(criterion)
+    t = transport(backend, config, z, a, b, eps)
+    return op.readout(xp, t.plan, values, b, prep.aux), t
+
+
+def run_vjp(
+    backend: Any,
+    op: Operator,
+    values: Any,
+    criterion: Any,
+    eps: Any,
+    config: SolverConfig,
+) -> tuple[Any, Transport, Callable[[Any], Any]]:
+    """Eager forward and a pull-back to ``values`` (default squashing; for softsort.vjp)."""
+    xp = backend.xp
+    prep, a, b, eps = _problem(backend, op, criterion, eps)
+    z = default_squash(xp, criterion)
+    t, plan_pullback = transport_vjp(backend, config, z, a, b, eps)
+    out = op.readout(xp, t.plan, values, b, prep.aux)
+
+    def pullback(cot: Any) -> Any:
+        d_plan, d_values = op.readout_vjp(xp, t.plan, values, b, prep.aux, cot)
+        d_z = plan_pullback(d_plan)[0]
+        d_crit = default_squash_vjp(xp, criterion, d_z)
+        if values is criterion:
+            return d_crit if d_values is None else d_values + d_crit
+        return xp.zeros_like(values) if d_values is None else d_values
+
+    return out, t, pullback

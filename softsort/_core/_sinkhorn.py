@@ -1,0 +1,114 @@
+"""Log-domain Sinkhorn for the 1-D sorting problems, batched over leading rows.
+
+Documented by :func:`softsort.transport_for_sort`. One call solves ``B`` independent
+problems between ``n`` squashed inputs ``z`` (uniform weights ``1/n``) and ``m`` targets
+``linspace(0, 1, m)`` with weights ``b``, for the cost ``C_ij = (z_i - y_j)**2``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+from .._compat import device
+from ._config import SolverConfig
+from ._lse import logsumexp
+
+
+class SinkhornOutput(NamedTuple):
+    """Arrays produced by :func:`solve` (all with the batch as leading axis)."""
+
+    f: Any  # (B, n) potential of the inputs
+    g: Any  # (B, m) potential of the targets
+    errors: Any  # (B, num_checks) L1 error of the target marginal at each check, -1 unused
+    iterations: Any  # () number of Sinkhorn iterations run
+
+
+def targets_like(xp: Any, z: Any, m: int) -> Any:
+    """Target positions ``linspace(0, 1, m)`` with the dtype and device of ``z``."""
+    if m == 1:
+        return xp.zeros((1,), dtype=z.dtype, device=device(z))
+    return xp.linspace(0.0, 1.0, m, dtype=z.dtype, device=device(z))
+
+
+def cost_matrix(xp: Any, z: Any, y: Any) -> Any:
+    """``C[..., i, j] = (z[..., i] - y[j])**2``."""
+    d = z[..., :, None] - y
+    return d * d
+
+
+def plan_from_potentials(backend: Any, f: Any, g: Any, cost: Any, eps: Any) -> Any:
+    """``P_ij = exp((f_i + g_j - C_ij) / eps)``."""
+    xp = backend.xp
+    return xp.exp((f[..., :, None] + g[..., None, :] - cost) / eps[..., None, None])
+
+
+def solve(
+    backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any
+) -> SinkhornOutput:
+    """Run Sinkhorn until the L1 error of the target marginal is below the threshold.
+
+    ``z`` and ``a`` are (B, n), ``b`` is (B, m) (weights: rows sum to one), ``eps`` is (B,). The error is
+    checked every ``inner_iterations`` (after the ``f`` update, so the input marginal is
+    exact); the loop stops when every row is below ``threshold``, when an error is not
+    finite, or at ``max_iterations``, which is never exceeded.
+    """
+    xp = backend.xp
+    dev = device(z)
+    n, m = z.shape[-1], b.shape[-1]
+    y = targets_like(xp, z, m)
+    cost = cost_matrix(xp, z, y)
+    e = eps[..., None, None]
+    eps_col = eps[..., None]
+    log_a = xp.log(a)
+    log_b = xp.log(b)
+    inner, max_it = config.inner_iterations, config.max_iterations
+    num_checks = config.num_checks
+    check_ids = xp.arange(num_checks, device=dev)
+
+    def g_update(f: Any) -> Any:
+        return eps_col * (log_b - logsumexp(backend, (f[..., :, None] - cost) / e, axis=-2))
+
+    def f_update(g: Any) -> Any:
+        return eps_col * (log_a - logsumexp(backend, (g[..., None, :] - cost) / e, axis=-1))
+
+    def marginal_error(f: Any, g: Any) -> Any:
+        log_col = g / eps_col + logsumexp(backend, (f[..., :, None] - cost) / e, axis=-2)
+        return xp.sum(xp.abs(xp.exp(log_col) - b), axis=-1)
+
+    def body(state: tuple[Any, ...]) -> tuple[Any, ...]:
+        f, g, errors, it, _ = state
+        for j in range(inner):
+            g_new = g_update(f)
+            f_new = f_update(g_new)
+            if max_it % inner:  # the last block may be partial: keep max_iterations exact
+                keep = (it + j) < max_it
+                g_new = xp.where(keep, g_new, g)
+                f_new = xp.where(keep, f_new, f)
+            f, g = f_new, g_new
+        err = marginal_error(f, g)
+        k = it // inner
+        errors = xp.where(check_ids == k, err[..., None], errors)
+        it = xp.minimum(it + inner, xp.asarray(max_it, dtype=it.dtype, device=dev))
+        return f, g, errors, it, xp.max(err)
+
+    def cond(state: tuple[Any, ...]) -> Any:
+        it, worst = state[3], state[4]
+        # NaN >= threshold is False: a diverged solve stops instead of spinning.
+        return xp.logical_and(it < max_it, worst >= config.threshold)
+
+    batch = z.shape[:-1]
+    f0 = xp.zeros((*batch, n), dtype=z.dtype, device=dev)
+    g0 = xp.zeros((*batch, m), dtype=z.dtype, device=dev)
+    errors0 = -xp.ones((*batch, num_checks), dtype=z.dtype, device=dev)
+    it0 = xp.asarray(0, dtype=xp.int32, device=dev)
+    inf = xp.asarray(math.inf, dtype=z.dtype, device=dev)
+    if math.prod(batch) == 0:  # nothing to solve; max() of an empty batch is undefined
+        return SinkhornOutput(f0, g0, errors0, it0)
+    state = (f0, g0, errors0, it0, inf)
+    if config.implicit_diff:
+        state = backend.while_loop(cond, body, state)
+    else:
+        state = backend.bounded_while_loop(cond, body, state, num_checks)
+    f, g, errors, it, _ = state
+    return SinkhornOutput(f, g, errors, it)

@@ -1,0 +1,84 @@
+"""The transport plan as a differentiable function with one hand-written backward.
+
+``plan(z, a, b, eps)`` runs the Sinkhorn solve (:mod:`._sinkhorn`) and returns the plan;
+its backward is the implicit one (:mod:`._implicit`). The adapter's ``custom_vjp`` wires
+that backward into the framework's autodiff, so everything around the plan -- squashing,
+target weights, read-outs -- is differentiated by the framework itself.
+Documented by :func:`softsort.transport_for_sort`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+from ._config import SolverConfig
+from ._implicit import plan_vjp
+from ._sinkhorn import cost_matrix, plan_from_potentials, solve, targets_like
+
+
+class Transport(NamedTuple):
+    """The plan and the solver's diagnostics (batch as leading axis)."""
+
+    plan: Any  # (B, n, m)
+    f: Any  # (B, n)
+    g: Any  # (B, m)
+    errors: Any  # (B, num_checks)
+    iterations: Any  # ()
+
+
+Static = tuple[Any, SolverConfig]  # (backend, config): hashable
+
+
+def _fwd(static: Static, z: Any, a: Any, b: Any, eps: Any) -> tuple[Any, ...]:
+    backend, config = static
+    xp = backend.xp
+    out = solve(backend, config, z, a, b, eps)
+    cost = cost_matrix(xp, z, targets_like(xp, z, b.shape[-1]))
+    plan = plan_from_potentials(backend, out.f, out.g, cost, eps)
+    return plan, out.f, out.g, out.errors, out.iterations
+
+
+def _bwd(
+    static: Static, inputs: tuple[Any, ...], outputs: tuple[Any, ...], cts: tuple[Any, ...]
+) -> tuple[Any, ...]:
+    backend, config = static
+    xp = backend.xp
+    z, _, b, eps = inputs
+    plan = outputs[0]
+    d_cost, d_a, d_b = plan_vjp(backend, config, plan, eps, cts[0])
+    y = targets_like(xp, z, b.shape[-1])
+    d_z = 2.0 * (z * xp.sum(d_cost, axis=-1) - (d_cost @ y[:, None])[..., 0])
+    # epsilon is not differentiated (its cotangent is zero).
+    return d_z, d_a, d_b, xp.zeros_like(eps)
+
+
+@functools.cache
+def _differentiable_plan(backend: Any) -> Any:
+    return backend.custom_vjp(_fwd, _bwd, differentiable_outputs=1)
+
+
+def transport(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any) -> Transport:
+    """Solve the batch of problems; shapes ``z, a`` (B, n), ``b`` (B, m), ``eps`` (B,)."""
+    static = (backend, config)
+    if config.implicit_diff:
+        outs = _differentiable_plan(backend)(static, z, a, b, eps)
+    else:  # the framework differentiates through the iterations themselves
+        outs = _fwd(static, z, a, b, eps)
+    plan, f, g, errors, iterations = outs
+    stop = backend.stop_gradient
+    return Transport(plan, stop(f), stop(g), stop(errors), iterations)
+
+
+def transport_vjp(
+    backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any
+) -> tuple[Transport, Any]:
+    """Eager forward plus a pull-back ``dL/dP -> (dL/dz, dL/da, dL/db)`` (for softsort.vjp)."""
+    static = (backend, config)
+    inputs = (z, a, b, eps)
+    outs = _fwd(static, *inputs)
+
+    def pullback(d_plan: Any) -> tuple[Any, Any, Any]:
+        return _bwd(static, inputs, outs, (d_plan,))[:3]
+
+    return Transport(*outs), pullback

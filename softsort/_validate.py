@@ -1,0 +1,211 @@
+"""Checks of user input: every failure names the argument and the value received.
+
+Values are read only where the backend says they are concrete (not under ``jax.jit``,
+``jax.vmap`` or ``torch.func.vmap``); shapes and static arguments are always checked.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+from typing import Any
+
+from . import _compat
+from ._core._config import SolverConfig
+
+DEFAULT_EPSILON = 1e-2
+_SOLVER_OPTIONS = {
+    "threshold": 1e-3,
+    "max_iterations": 2000,
+    "inner_iterations": 10,
+    "implicit_diff": True,
+    "implicit_solver": "auto",
+}
+OPTION_NAMES = ("epsilon", "squashing_fun", *_SOLVER_OPTIONS)
+_IMPLICIT_SOLVERS = ("auto", "dense", "cg")
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def namespace(fname: str, **arrays: Any) -> Any:
+    """The array namespace shared by the named arrays (``None`` entries are skipped)."""
+    given = {k: v for k, v in arrays.items() if v is not None and _compat.is_array_api_obj(v)}
+    first = next(iter(arrays))
+    if first not in given:
+        value = arrays[first]
+        msg = (
+            f"{fname}() argument {first!r} must be an array of a library that follows the "
+            f"array API standard (NumPy, JAX, PyTorch, CuPy, ...), got {type(value).__name__} "
+            f"{_short(value)}; wrap it with numpy.asarray(...)"
+        )
+        raise TypeError(msg)
+    try:
+        return _compat.array_namespace(*given.values())
+    except TypeError:
+        kinds = ", ".join(f"{k}: {type(v).__module__}.{type(v).__name__}" for k, v in given.items())
+        msg = f"{fname}() got arrays of different libraries ({kinds}); pass arrays of one library"
+        raise TypeError(msg) from None
+
+
+def as_int(fname: str, name: str, value: Any, low: int, high: int | None = None) -> int:
+    """A Python integer in ``[low, high]``."""
+    if isinstance(value, bool):
+        msg = f"{fname}() argument {name!r} must be an integer, got {value!r}"
+        raise TypeError(msg)
+    try:
+        value = operator.index(value)
+    except TypeError:
+        msg = f"{fname}() argument {name!r} must be an integer, got {_short(value)}"
+        raise TypeError(msg) from None
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        msg = f"{fname}() argument {name!r} must be {bound}, got {value}"
+        raise ValueError(msg)
+    return value
+
+
+def axes(fname: str, axis: Any, ndim: int, allow_tuple: bool = False) -> tuple[int, ...]:
+    """Normalized, sorted, unique axes."""
+    raw = axis if (allow_tuple and isinstance(axis, (tuple, list))) else (axis,)
+    if not raw:
+        msg = f"{fname}() argument 'axis' must name at least one axis, got {axis!r}"
+        raise ValueError(msg)
+    out = []
+    for a in raw:
+        if isinstance(a, bool) or not isinstance(a, numbers.Integral):
+            kind = "an integer or a tuple of integers" if allow_tuple else "an integer"
+            msg = f"{fname}() argument 'axis' must be {kind}, got {_short(axis)}"
+            raise TypeError(msg)
+        if not -ndim <= a < ndim:
+            msg = f"{fname}() argument 'axis' = {axis!r} is out of range for an array of {ndim} dimension(s)"
+            raise ValueError(msg)
+        out.append(int(a) % ndim)
+    if len(set(out)) != len(out):
+        msg = f"{fname}() argument 'axis' = {axis!r} repeats an axis"
+        raise ValueError(msg)
+    return tuple(sorted(out))
+
+
+def compute_dtype(fname: str, name: str, xp: Any, x: Any) -> tuple[Any, Any]:
+    """(dtype to compute in, dtype to return) for the array ``x``."""
+    dt = x.dtype
+    if xp.isdtype(dt, "complex floating"):
+        msg = f"{fname}() argument {name!r} must be real, got complex dtype {dt}"
+        raise TypeError(msg)
+    if xp.isdtype(dt, "bool"):
+        msg = f"{fname}() argument {name!r} must hold numbers, got dtype {dt}"
+        raise TypeError(msg)
+    if xp.isdtype(dt, "integral"):
+        info = xp.__array_namespace_info__()
+        default = info.default_dtypes(device=_compat.device(x))["real floating"]
+        return default, default
+    if xp.isdtype(dt, "real floating"):
+        if xp.finfo(dt).bits < 32:  # float16 / bfloat16: compute in float32, cast back
+            return xp.float32, dt
+        return dt, dt
+    msg = f"{fname}() argument {name!r} has unsupported dtype {dt}"
+    raise TypeError(msg)
+
+
+def finite(fname: str, name: str, backend: Any, x: Any) -> None:
+    xp = backend.xp
+    if backend.is_concrete(x) and not bool(xp.all(xp.isfinite(x))):
+        bad = int(xp.sum(xp.astype(~xp.isfinite(x), xp.int32)))
+        msg = f"{fname}() argument {name!r} holds {bad} non-finite value(s) (nan or inf)"
+        raise ValueError(msg)
+
+
+def options(fname: str, given: dict[str, Any]) -> tuple[Any, Any, SolverConfig]:
+    """``(epsilon, squashing_fun, SolverConfig)`` from the ``**options`` of a call."""
+    unknown = sorted(set(given) - set(OPTION_NAMES))
+    if unknown:
+        msg = (
+            f"{fname}() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
+            f"the solver options are {', '.join(OPTION_NAMES)}"
+        )
+        raise TypeError(msg)
+    epsilon = given.get("epsilon", DEFAULT_EPSILON)
+    squash = given.get("squashing_fun")
+    if squash is not None and not callable(squash):
+        msg = f"{fname}() option 'squashing_fun' must be callable or None, got {_short(squash)}"
+        raise TypeError(msg)
+    merged = {**_SOLVER_OPTIONS, **{k: v for k, v in given.items() if k in _SOLVER_OPTIONS}}
+    threshold = merged["threshold"]
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
+        msg = f"{fname}() option 'threshold' must be a number, got {_short(threshold)}"
+        raise TypeError(msg)
+    if not (math.isfinite(threshold) and threshold > 0):
+        msg = f"{fname}() option 'threshold' must be finite and > 0, got {threshold!r}"
+        raise ValueError(msg)
+    max_it = as_int(fname, "max_iterations", merged["max_iterations"], 1)
+    inner = as_int(fname, "inner_iterations", merged["inner_iterations"], 1)
+    implicit = merged["implicit_diff"]
+    if not isinstance(implicit, bool):
+        msg = f"{fname}() option 'implicit_diff' must be True or False, got {_short(implicit)}"
+        raise TypeError(msg)
+    solver = merged["implicit_solver"]
+    if solver not in _IMPLICIT_SOLVERS:
+        msg = f"{fname}() option 'implicit_solver' must be one of {_IMPLICIT_SOLVERS}, got {_short(solver)}"
+        raise ValueError(msg)
+    config = SolverConfig(
+        threshold=float(threshold),
+        max_iterations=max_it,
+        inner_iterations=inner,
+        implicit_diff=implicit,
+        implicit_solver=solver,
+    )
+    return epsilon, squash, config
+
+
+def epsilon_array(fname: str, backend: Any, epsilon: Any, dtype: Any, dev: Any) -> Any:
+    """``epsilon`` as a 0-d array; checked to be finite and > 0 where its value is known."""
+    xp = backend.xp
+    if isinstance(epsilon, bool):
+        msg = f"{fname}() option 'epsilon' must be a number, got {epsilon!r}"
+        raise TypeError(msg)
+    if isinstance(epsilon, numbers.Real):
+        if not (math.isfinite(epsilon) and epsilon > 0):
+            msg = f"{fname}() option 'epsilon' must be finite and > 0, got {epsilon!r}"
+            raise ValueError(msg)
+        return xp.asarray(float(epsilon), dtype=dtype, device=dev)
+    if not _compat.is_array_api_obj(epsilon):
+        msg = f"{fname}() option 'epsilon' must be a number or a 0-d array, got {_short(epsilon)}"
+        raise TypeError(msg)
+    if epsilon.ndim != 0:
+        msg = f"{fname}() option 'epsilon' must be a scalar, got an array of shape {tuple(epsilon.shape)}"
+        raise ValueError(msg)
+    eps = xp.asarray(epsilon, dtype=dtype, device=dev)
+    if backend.is_concrete(eps) and not bool(xp.isfinite(eps) & (eps > 0)):
+        msg = f"{fname}() option 'epsilon' must be finite and > 0, got {float(eps)!r}"
+        raise ValueError(msg)
+    return eps
+
+
+def weights(
+    fname: str, name: str, backend: Any, w: Any, dtype: Any, dev: Any, size: int | None = None
+) -> Any:
+    """A 1-D probability vector: positive entries summing to one (checked where known)."""
+    xp = backend.xp
+    if not _compat.is_array_api_obj(w):
+        msg = f"{fname}() argument {name!r} must be a 1-D array, got {_short(w)}"
+        raise TypeError(msg)
+    if w.ndim != 1 or w.shape[0] < 1:
+        msg = f"{fname}() argument {name!r} must be a non-empty 1-D array, got shape {tuple(w.shape)}"
+        raise ValueError(msg)
+    if size is not None and w.shape[0] != size:
+        msg = f"{fname}() argument {name!r} must have {size} entries, got {w.shape[0]}"
+        raise ValueError(msg)
+    w = xp.asarray(w, dtype=dtype, device=dev)
+    if backend.is_concrete(w):
+        if not bool(xp.all(xp.isfinite(w))) or not bool(xp.all(w > 0)):
+            msg = f"{fname}() argument {name!r} must hold finite weights > 0, got {_short(w)}"
+            raise ValueError(msg)
+        total = float(xp.sum(w))
+        if abs(total - 1.0) > 1e-5 * max(1, w.shape[0]) ** 0.5 + 10 * float(xp.finfo(dtype).eps):
+            msg = f"{fname}() argument {name!r} must sum to 1, got a sum of {total!r}"
+            raise ValueError(msg)
+    return w

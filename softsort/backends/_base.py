@@ -1,0 +1,115 @@
+"""The adapter protocol and the generic eager adapter.
+
+The core (:mod:`softsort._core`) is written once against the array API standard. The few
+things the standard does not cover -- loops that a compiler can trace, custom gradients,
+stopping gradients, whether values can be inspected -- are asked of an adapter. This
+module defines that small surface and implements it for every eager, standard-conforming
+library (NumPy, array-api-strict, and anything unknown). Framework adapters in this
+package override only what their framework does differently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .._compat import is_lazy_array
+
+State = tuple[Any, ...]
+
+
+class Backend:
+    """Generic eager adapter: value-only custom gradients, Python loops.
+
+    Attributes
+    ----------
+    xp
+        The array namespace (array-api-compat wrapped where needed).
+    name
+        Short name used in messages.
+    """
+
+    name = "generic"
+    #: Whether arrays of this library can carry gradients through the plan.
+    differentiable = False
+
+    def __init__(self, xp: Any) -> None:
+        self.xp = xp
+
+    def __repr__(self) -> str:
+        return f"<softsort backend {self.name!r} for {self.xp.__name__}>"
+
+    # -- inspection -------------------------------------------------------------------
+    def is_concrete(self, x: Any) -> bool:
+        """Whether the values of ``x`` can be read (False under tracing / vmap)."""
+        return not is_lazy_array(x)
+
+    # -- control flow -----------------------------------------------------------------
+    def while_loop(
+        self, cond: Callable[[State], Any], body: Callable[[State], State], state: State
+    ) -> State:
+        """Run ``body`` while ``cond`` holds; ``cond`` returns a 0-d boolean array."""
+        while bool(cond(state)):
+            state = body(state)
+        return state
+
+    def bounded_while_loop(
+        self,
+        cond: Callable[[State], Any],
+        body: Callable[[State], State],
+        state: State,
+        max_trips: int,
+    ) -> State:
+        """A while loop of at most ``max_trips`` trips that autodiff can reverse.
+
+        Used by ``implicit_diff=False`` (differentiating through the iterations). Eager
+        libraries record the loop as it runs, so a plain while loop does.
+        """
+        del max_trips
+        return self.while_loop(cond, body, state)
+
+    def fori_loop(self, num: int, body: Callable[[int, State], State], state: State) -> State:
+        """``state = body(i, state)`` for ``i`` in ``range(num)``."""
+        for i in range(num):
+            state = body(i, state)
+        return state
+
+    # -- differentiation --------------------------------------------------------------
+    def stop_gradient(self, x: Any) -> Any:
+        return x
+
+    def custom_vjp(
+        self,
+        fwd: Callable[..., tuple[Any, ...]],
+        bwd: Callable[..., tuple[Any, ...]],
+        differentiable_outputs: int,
+    ) -> Callable[..., tuple[Any, ...]]:
+        """Attach a hand-written backward pass to ``fwd``.
+
+        Parameters
+        ----------
+        fwd
+            ``fwd(static, *inputs) -> outputs`` (a tuple of arrays). ``static`` is a
+            hashable configuration object, never differentiated.
+        bwd
+            ``bwd(static, inputs, outputs, cotangents) -> input_cotangents``; it receives
+            cotangents for the first ``differentiable_outputs`` outputs only and returns
+            one cotangent (or ``None``) per input.
+        differentiable_outputs
+            How many leading outputs carry gradients; the rest are diagnostics.
+
+        Returns
+        -------
+        callable
+            ``f(static, *inputs) -> outputs``. Eager libraries without autodiff get
+            ``fwd`` itself: they differentiate through :func:`softsort.vjp` instead.
+        """
+        del bwd, differentiable_outputs
+        return fwd
+
+    # -- optional fast paths ----------------------------------------------------------
+    def logsumexp(self, x: Any, axis: int) -> Any | None:
+        """Native log-sum-exp, or ``None`` to use the core's portable one."""
+        del x, axis
+        return None
+

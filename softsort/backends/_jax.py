@@ -1,0 +1,63 @@
+"""JAX adapter: lax loops (jit-safe), ``jax.custom_vjp``, native logsumexp.
+
+Under ``jax.jit``/``jax.vmap`` values are tracers: validation of values and the eager
+ConvergenceWarning are skipped there (the result object still reports convergence).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from ._base import Backend, State
+
+
+class JaxBackend(Backend):
+    name = "jax"
+    differentiable = True
+
+    def is_concrete(self, x: Any) -> bool:
+        return not isinstance(x, jax.core.Tracer)
+
+    def while_loop(self, cond: Callable[[State], Any], body: Callable[[State], State], state: State) -> State:
+        return jax.lax.while_loop(cond, body, state)
+
+    def bounded_while_loop(
+        self, cond: Callable[[State], Any], body: Callable[[State], State], state: State, max_trips: int
+    ) -> State:
+        # A fixed trip count lowers to scan, which reverse-mode autodiff can go through;
+        # trips after convergence leave the state unchanged.
+        def step(_: Any, s: State) -> State:
+            return jax.lax.cond(cond(s), body, lambda t: t, s)
+
+        return jax.lax.fori_loop(0, max_trips, step, state)
+
+    def fori_loop(self, num: int, body: Callable[[int, State], State], state: State) -> State:
+        return jax.lax.fori_loop(0, num, body, state)
+
+    def stop_gradient(self, x: Any) -> Any:
+        return jax.lax.stop_gradient(x)
+
+    def custom_vjp(self, fwd: Callable[..., Any], bwd: Callable[..., Any], differentiable_outputs: int) -> Callable[..., Any]:
+        @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+        def f(static: Any, *inputs: Any) -> Any:
+            return fwd(static, *inputs)
+
+        def f_fwd(static: Any, *inputs: Any) -> Any:
+            outputs = fwd(static, *inputs)
+            return outputs, (inputs, outputs)
+
+        def f_bwd(static: Any, res: Any, cts: Any) -> Any:
+            inputs, outputs = res
+            grads = bwd(static, inputs, outputs, tuple(cts[:differentiable_outputs]))
+            return tuple(jnp.zeros_like(x) if g is None else g for x, g in zip(inputs, grads))
+
+        f.defvjp(f_fwd, f_bwd)
+        return f
+
+    def logsumexp(self, x: Any, axis: int) -> Any:
+        return jax.nn.logsumexp(x, axis=axis)
