@@ -1,0 +1,100 @@
+"""Sessions: tests per backend, lint, OTT-JAX reference, docs, benchmark, GPU tests.
+
+`nox -t ci` runs what CI runs (README's test command). PyTorch is pinned to the CPU build
+that the project's CI machine has on local disk (a plain `torch` would pull a multi-GB
+CUDA build); the user-facing `torch` extra stays a normal range in pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+
+TORCH_CPU = "torch==2.13.0"
+PYTEST = ("pytest", "-q", "-p", "no:cacheprovider")
+
+
+def _install(session: nox.Session, *extra: str) -> None:
+    session.install("-e", ".[test]", *extra)
+
+
+@nox.session(name="tests-numpy", tags=["ci"])
+def tests_numpy(session: nox.Session) -> None:
+    """NumPy backend (the default) plus import hygiene and doctests."""
+    _install(session)
+    session.run(*PYTEST, "softsort", "tests", *session.posargs, env={"SOFTSORT_TEST_BACKENDS": "numpy"})
+
+
+@nox.session(name="tests-strict", tags=["ci"])
+def tests_strict(session: nox.Session) -> None:
+    """array-api-strict, including its non-default and no-float64 devices."""
+    _install(session)
+    session.run(*PYTEST, "tests", *session.posargs, env={"SOFTSORT_TEST_BACKENDS": "array_api_strict"})
+
+
+@nox.session(name="tests-jax", tags=["ci"])
+def tests_jax(session: nox.Session) -> None:
+    """JAX in float64 (x64 enabled), jit/vmap/grad, two host CPU devices."""
+    _install(session, "jax")
+    env = {
+        "SOFTSORT_TEST_BACKENDS": "jax",
+        "JAX_ENABLE_X64": "1",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    }
+    session.run(*PYTEST, "tests", *session.posargs, env=env)
+
+
+@nox.session(name="tests-torch", tags=["ci"])
+def tests_torch(session: nox.Session) -> None:
+    """PyTorch CPU: autograd, torch.func, dtypes."""
+    _install(session, TORCH_CPU)
+    session.run(*PYTEST, "tests", *session.posargs, env={"SOFTSORT_TEST_BACKENDS": "torch"})
+
+
+@nox.session(name="tests-cross", tags=["ci"])
+def tests_cross(session: nox.Session) -> None:
+    """Agreement of values and gradients across NumPy, JAX and PyTorch in float64."""
+    _install(session, "jax", TORCH_CPU)
+    env = {"SOFTSORT_TEST_BACKENDS": "numpy,jax,torch", "JAX_ENABLE_X64": "1"}
+    session.run(*PYTEST, "tests/test_cross_backend.py", *session.posargs, env=env)
+
+
+@nox.session(name="tests-gpu")
+def tests_gpu(session: nox.Session) -> None:
+    """PyTorch CUDA, JAX GPU and CuPy (needs a CUDA machine; installs CUDA builds)."""
+    session.install("-e", ".[test]", "torch", "jax[cuda12]", "cupy-cuda12x")
+    env = {"SOFTSORT_TEST_BACKENDS": "torch,jax,cupy", "SOFTSORT_TEST_GPU": "1", "JAX_ENABLE_X64": "1"}
+    session.run(*PYTEST, "tests", *session.posargs, env=env)
+
+
+@nox.session(tags=["ci"])
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def reference(session: nox.Session) -> None:
+    """Agreement with OTT-JAX 0.6's soft_sort, float64, threshold 1e-10."""
+    _install(session, "ott-jax==0.6.0")
+    env = {"SOFTSORT_TEST_BACKENDS": "numpy", "JAX_ENABLE_X64": "1"}
+    session.run(*PYTEST, "tests/test_reference_ott.py", "-m", "reference", *session.posargs, env=env)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Sphinx site with the gallery executed; warnings are errors."""
+    session.install("-e", ".[docs,examples,jax]", TORCH_CPU, "flax", "optax")
+    session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """softsort (JAX, NumPy, PyTorch) vs OTT-JAX and torchsort, side by side."""
+    session.install("-e", ".", "jax", TORCH_CPU, "ott-jax==0.6.0", "matplotlib")
+    session.install("torchsort", "--no-build-isolation")
+    session.run("python", "benchmarks/bench.py", *session.posargs)
