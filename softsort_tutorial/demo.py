@@ -252,7 +252,7 @@ def salt_and_pepper(image: np.ndarray, fraction: float = 0.1, seed: int = 0) -> 
     return noisy
 
 
-def soft_median_filter(image: np.ndarray, epsilon: float, size: int = 3) -> np.ndarray:
+def soft_median_filter(image: np.ndarray, epsilon: float, size: int = 3, **options: Any) -> np.ndarray:
     """``size x size`` soft median filter, every patch solved in one batched Sinkhorn.
 
     Equivalent to ``scipy.ndimage.generic_filter(image, soft_median, size=size)`` (same
@@ -268,6 +268,10 @@ def soft_median_filter(image: np.ndarray, epsilon: float, size: int = 3) -> np.n
         Entropic regularization.
     size : int
         Side of the window.
+    **options
+        Other solver options of :func:`softsort.quantile` (``threshold``...). The batch
+        stops when all its problems meet ``threshold``, so batched and per-pixel results
+        agree to about ``threshold``, not exactly.
 
     Returns
     -------
@@ -278,7 +282,7 @@ def soft_median_filter(image: np.ndarray, epsilon: float, size: int = 3) -> np.n
     padded = np.pad(image, r, mode="symmetric")  # = scipy.ndimage's "reflect"
     patches = np.lib.stride_tricks.sliding_window_view(padded, (size, size))
     patches = patches.reshape(*image.shape, size * size)
-    return softsort.quantile(patches, 0.5, axis=-1, epsilon=epsilon)[..., 0]
+    return softsort.quantile(patches, 0.5, axis=-1, epsilon=epsilon, **options)[..., 0]
 
 
 def median_filters(
