@@ -21,6 +21,7 @@ _SOLVER_OPTIONS = {
     "inner_iterations": 10,
     "implicit_diff": True,
     "implicit_solver": "auto",
+    "momentum": "adaptive",
 }
 OPTION_NAMES = ("epsilon", "squashing_fun", *_SOLVER_OPTIONS)
 _IMPLICIT_SOLVERS = ("auto", "dense", "cg")
@@ -151,12 +152,22 @@ def options(fname: str, given: dict[str, Any]) -> tuple[Any, Any, SolverConfig]:
     if solver not in _IMPLICIT_SOLVERS:
         msg = f"{fname}() option 'implicit_solver' must be one of {_IMPLICIT_SOLVERS}, got {_short(solver)}"
         raise ValueError(msg)
+    momentum = merged["momentum"]
+    if momentum != "adaptive":
+        if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
+            msg = f"{fname}() option 'momentum' must be 'adaptive' or a number in [1, 2), got {_short(momentum)}"
+            raise TypeError(msg)
+        if not 1.0 <= momentum < 2.0:
+            msg = f"{fname}() option 'momentum' must be in [1, 2) (1 = plain Sinkhorn), got {momentum!r}"
+            raise ValueError(msg)
+        momentum = float(momentum)
     config = SolverConfig(
         threshold=float(threshold),
         max_iterations=max_it,
         inner_iterations=inner,
         implicit_diff=implicit,
         implicit_solver=solver,
+        momentum=momentum,
     )
     return epsilon, squash, config
 

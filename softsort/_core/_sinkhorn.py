@@ -76,11 +76,18 @@ def solve(
         log_col = g / eps_col + logsumexp(backend, (f[..., :, None] - cost) / e, axis=-2)
         return xp.sum(xp.abs(xp.exp(log_col) - b), axis=-1)
 
+    adaptive = config.momentum == "adaptive"
+    omega_fixed = 1.0 if adaptive else float(config.momentum)
+
     def body(state: tuple[Any, ...]) -> tuple[Any, ...]:
-        f, g, errors, it, _ = state
+        f, g, errors, it, _, omega, prev_err = state
         for j in range(inner):
             g_new = g_update(f)
+            if j < inner - 1:  # over-relax all but the last step: rows are exact at checks
+                g_new = g + omega * (g_new - g)
             f_new = f_update(g_new)
+            if j < inner - 1:
+                f_new = f + omega * (f_new - f)
             if max_it % inner:  # the last block may be partial: keep max_iterations exact
                 keep = (it + j) < max_it
                 g_new = xp.where(keep, g_new, g)
@@ -89,8 +96,10 @@ def solve(
         err = marginal_error(f, g)
         k = it // inner
         errors = xp.where(check_ids == k, err[..., None], errors)
+        if adaptive:
+            omega = _adapt_omega(xp, k, omega, err, prev_err, inner, eps)
         it = xp.minimum(it + inner, xp.asarray(max_it, dtype=it.dtype, device=dev))
-        return f, g, errors, it, xp.max(err)
+        return f, g, errors, it, xp.max(err), omega, err
 
     def cond(state: tuple[Any, ...]) -> Any:
         it, worst = state[3], state[4]
@@ -105,10 +114,43 @@ def solve(
     inf = xp.asarray(math.inf, dtype=z.dtype, device=dev)
     if math.prod(batch) == 0:  # nothing to solve; max() of an empty batch is undefined
         return SinkhornOutput(f0, g0, errors0, it0)
-    state = (f0, g0, errors0, it0, inf)
+    omega0 = xp.full((*batch, 1), omega_fixed, dtype=z.dtype, device=dev)
+    state = (f0, g0, errors0, it0, inf, omega0, xp.full(batch, math.inf, dtype=z.dtype, device=dev))
     if config.implicit_diff:
         state = backend.while_loop(cond, body, state)
     else:
         state = backend.bounded_while_loop(cond, body, state, num_checks)
-    f, g, errors, it, _ = state
+    f, g, errors, it = state[:4]
     return SinkhornOutput(f, g, errors, it)
+
+
+#: Highest over-relaxation the adaptive rule picks (2 is the limit of convergence).
+OMEGA_MAX = 1.9
+
+
+#: Below this epsilon the adaptive rule over-relaxes; at or above it Sinkhorn stays plain.
+OMEGA_EPSILON = 5e-3
+
+
+def _adapt_omega(xp: Any, k: Any, omega: Any, err: Any, prev_err: Any, inner: int, eps: Any) -> Any:
+    """Adaptive over-relaxation, per problem of the batch.
+
+    After two plain blocks the error ratio estimates the contraction ``kappa`` of plain
+    Sinkhorn per iteration; the over-relaxation ``2 / (1 + sqrt(1 - kappa))`` (the SOR
+    optimum for that rate, as in Thibault et al. 2017, "Overrelaxed Sinkhorn-Knopp") is
+    then fixed. If the error later grows, the row falls back towards plain steps. The
+    fixed point is unchanged: only the path to it.
+
+    Only for ``epsilon < OMEGA_EPSILON``: there plain Sinkhorn needs hundreds to thousands
+    of iterations and over-relaxation cuts them 4-20x. At larger epsilon plain Sinkhorn
+    needs tens, and staying plain keeps results at the default threshold on the same
+    path as OTT-JAX's (within 2e-3 on the tutorial's example, a promise of the core).
+    """
+    ratio = err / xp.where(prev_err > 0, prev_err, xp.ones_like(prev_err))
+    ratio = xp.where(xp.isfinite(ratio), ratio, xp.zeros_like(ratio))
+    kappa = xp.clip(ratio, 0.0, 0.999) ** (1.0 / inner)
+    estimate = xp.clip(2.0 / (1.0 + xp.sqrt(1.0 - kappa)), 1.0, OMEGA_MAX)
+    estimate = xp.where(eps < OMEGA_EPSILON, estimate, xp.ones_like(estimate))
+    omega = xp.where(k == 1, estimate[..., None], omega)
+    grew = (k > 1) & (err > prev_err)
+    return xp.where(grew[..., None], 1.0 + 0.5 * (omega - 1.0), omega)
