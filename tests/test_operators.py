@@ -137,7 +137,7 @@ def test_topk_mask_properties(lib: Lib, k: int) -> None:
     assert out.min() >= -1e-7
     assert out.max() <= 1 + 1e-5
     # The row sums are exact; the sum of the mask is n times a column sum: off by n * threshold / 2.
-    np.testing.assert_allclose(out.sum(axis=-1), k, atol=10 * 1e-4 / 2)
+    np.testing.assert_allclose(out.sum(axis=-1), k, atol=10 * 1e-4 / 2 if lib.float64 else 1e-3)
     # At the default threshold the sum is off by at most n * threshold / 2.
     loose = lib.to_numpy(topk_mask(lib.asarray(x), k))
     assert np.abs(loose.sum(axis=-1) - k).max() <= 10 * 1e-3 / 2

@@ -1,0 +1,136 @@
+"""Test harness: one ``xp`` fixture over every enabled backend (array-api-extra style).
+
+``SOFTSORT_TEST_BACKENDS`` (comma-separated: numpy, array_api_strict, jax, torch, cupy)
+selects backends; by default every installed one runs. array-api-strict runs on its
+default device, on ``Device("device1")`` (device propagation without a GPU) and on its
+``no_float64`` device (nothing may silently create float64). JAX runs with functions tagged
+by ``lazy_xp_function`` re-run under ``jax.jit``.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+import os
+from typing import Any, NamedTuple
+
+import numpy as np
+import pytest
+from array_api_extra.testing import patch_lazy_xp_functions
+
+
+class Backend(enum.Enum):
+    NUMPY = "numpy"
+    STRICT = "array_api_strict"
+    STRICT_DEVICE1 = "array_api_strict:device1"
+    STRICT_NO_FLOAT64 = "array_api_strict:no_float64"
+    JAX = "jax"
+    TORCH = "torch"
+    CUPY = "cupy"
+
+    @property
+    def module(self) -> str:
+        return {"jax": "jax.numpy"}.get(self.value.split(":")[0], self.value.split(":")[0])
+
+
+def _enabled() -> set[str]:
+    raw = os.environ.get("SOFTSORT_TEST_BACKENDS")
+    if raw:
+        return {s.strip() for s in raw.split(",") if s.strip()}
+    return {"numpy", "array_api_strict", "jax", "torch", "cupy"}
+
+
+class Lib(NamedTuple):
+    """The backend under test: its namespace, device and float dtypes."""
+
+    backend: Backend
+    xp: Any
+    device: Any
+    float64: bool
+
+    @property
+    def name(self) -> str:
+        return self.backend.value
+
+    @property
+    def float(self) -> Any:
+        return self.xp.float64 if self.float64 else self.xp.float32
+
+    def asarray(self, data: Any, dtype: Any = None) -> Any:
+        """An array of this backend on its device (default: the widest float allowed)."""
+        arr = np.asarray(data)
+        if dtype is None and arr.dtype.kind == "f":
+            dtype = self.float
+        if self.backend is Backend.JAX:
+            import jax
+
+            out = self.xp.asarray(arr, dtype=dtype)
+            return jax.device_put(out, self.device) if self.device is not None else out
+        if self.backend is Backend.TORCH:
+            import torch
+
+            return torch.asarray(arr, dtype=dtype, device=self.device)
+        return self.xp.asarray(arr, dtype=dtype, device=self.device)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        if self.backend is Backend.TORCH:
+            return x.detach().cpu().numpy()
+        if self.backend is Backend.CUPY:
+            return x.get()
+        if self.backend in (Backend.STRICT, Backend.STRICT_DEVICE1, Backend.STRICT_NO_FLOAT64):
+            import array_api_strict
+
+            return np.asarray(array_api_strict.asarray(x, device=array_api_strict.Device("CPU_DEVICE")))
+        return np.asarray(x)
+
+
+def _make_lib(backend: Backend) -> Lib:
+    name = backend.value.split(":")[0]
+    if name not in _enabled() and backend.value not in _enabled():
+        pytest.skip(f"backend {backend.value} not enabled by SOFTSORT_TEST_BACKENDS")
+    mod = pytest.importorskip(backend.module)
+    if backend is Backend.JAX:
+        import jax
+
+        f64 = bool(jax.config.jax_enable_x64)
+        return Lib(backend, mod, None, f64)
+    if backend is Backend.TORCH:
+        import array_api_compat.torch as tx
+
+        return Lib(backend, tx, None, True)
+    if backend is Backend.CUPY:
+        if os.environ.get("SOFTSORT_TEST_GPU") != "1":
+            pytest.skip("CuPy needs a GPU (set SOFTSORT_TEST_GPU=1)")
+        return Lib(backend, mod, None, True)
+    if backend is Backend.STRICT_DEVICE1:
+        return Lib(backend, mod, mod.Device("device1"), True)
+    if backend is Backend.STRICT_NO_FLOAT64:
+        return Lib(backend, mod, mod.Device("no_float64"), False)
+    return Lib(backend, mod, None, True)
+
+
+@pytest.fixture(params=list(Backend), ids=lambda b: b.value)
+def lib(request: pytest.FixtureRequest) -> Any:
+    """Every enabled backend; under JAX, tagged functions run through ``jax.jit``."""
+    lib = _make_lib(request.param)
+    if lib.backend is Backend.JAX:
+        with patch_lazy_xp_functions(request, xp=lib.xp):
+            yield lib
+    else:
+        yield lib
+
+
+@pytest.fixture
+def eager_lib(request: pytest.FixtureRequest, lib: Lib) -> Lib:
+    """Alias documenting that the test needs eager values (no jit patching expected)."""
+    return lib
+
+
+def available(name: str) -> bool:
+    if name not in _enabled():
+        return False
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
