@@ -75,7 +75,7 @@ def plan_vjp(
     rb = xp.sum(gh, axis=-2)
     a = xp.sum(plan, axis=-1)
     b = xp.sum(plan, axis=-2)
-    tiny = xp.finfo(plan.dtype).tiny
+    tiny = xp.finfo(plan.dtype).smallest_normal
     a = xp.where(a > tiny, a, xp.full_like(a, tiny))
     b = xp.where(b > tiny, b, xp.full_like(b, tiny))
     pt = xp.matrix_transpose(plan)

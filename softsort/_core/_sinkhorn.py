@@ -93,7 +93,9 @@ def solve(
                 g_new = xp.where(keep, g_new, g)
                 f_new = xp.where(keep, f_new, f)
             f, g = f_new, g_new
-        err = marginal_error(f, g)
+        # Diagnostics and step sizes steer the loop only: never differentiated (unrolled
+        # differentiation through 0 ** (1/inner) and sqrt(0) would give NaN).
+        err = backend.stop_gradient(marginal_error(f, g))
         k = it // inner
         errors = xp.where(check_ids == k, err[..., None], errors)
         if adaptive:
