@@ -1,0 +1,175 @@
+"""Timing, peak memory and machine description."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+from typing import Any
+
+
+def time_calls(fn: Callable[[], Any], warmup: int, repeats: int, min_repeats: int, budget_s: float) -> dict[str, Any]:
+    """Median wall time of ``fn`` after ``warmup`` calls (the first one includes compilation).
+
+    Stops after ``repeats`` calls, or earlier once ``min_repeats`` were made and
+    ``budget_s`` seconds were spent.
+    """
+    first = None
+    for i in range(warmup):
+        t0 = time.perf_counter()
+        fn()
+        if i == 0:
+            first = time.perf_counter() - t0
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeats:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if len(times) >= min_repeats and time.perf_counter() - start > budget_s:
+            break
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "repeats": len(times),
+        "first_call_s": first,
+    }
+
+
+# -- memory -------------------------------------------------------------------------------------
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def _mallinfo() -> Callable[[], int] | None:
+    """Bytes in use in glibc's heap (all arenas, mmapped chunks included), or None."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = _MallInfo2
+    except (OSError, AttributeError):
+        return None
+
+    def in_use() -> int:
+        info = libc.mallinfo2()
+        return int(info.uordblks + info.hblkhd)
+
+    return in_use
+
+
+_IN_USE = _mallinfo()
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@contextlib.contextmanager
+def _sampled(probe: Callable[[], int], interval_s: float = 2e-4) -> Iterator[dict[str, int]]:
+    """Peak of ``probe() - probe()_before`` sampled by a thread while the block runs."""
+    out = {"peak": 0}
+    base = probe()
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            out["peak"] = max(out["peak"], probe() - base)
+            time.sleep(interval_s)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield out
+    finally:
+        stop.set()
+        thread.join()
+        out["peak"] = max(out["peak"], probe() - base)
+
+
+def peak_memory(fn: Callable[[], Any], method: str) -> tuple[int, str]:
+    """Peak extra memory of one call of ``fn``, by ``method``: 'tracemalloc' or 'malloc' (or RSS)."""
+    if method == "tracemalloc":
+        tracemalloc.start()
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        try:
+            fn()
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        return peak - base, "tracemalloc"
+    probe, label = (_IN_USE, "malloc") if _IN_USE is not None else (_rss, "rss")
+    with _sampled(probe) as out:
+        fn()
+    return out["peak"], label
+
+
+# -- machine ------------------------------------------------------------------------------------
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    mem = None
+    try:
+        with open("/proc/meminfo") as f:
+            mem = int(f.readline().split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    commit = None
+    try:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        commit = subprocess.run(
+            ["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "softsort"], capture_output=True, text=True)
+        imported = sys.modules.get("softsort")
+        from_checkout = imported is not None and os.path.dirname(os.path.dirname(imported.__file__)) == root
+        if dirty.stdout.strip() and from_checkout:
+            commit += "+dirty(softsort/)"
+        elif not from_checkout:
+            commit += f" (checkout; softsort imported from {os.path.dirname(imported.__file__) if imported else '?'})"
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return {
+        "load_average_1_5_15min": list(os.getloadavg()),  # other processes skew timings; see the report
+        "cpu_model": cpu,
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": usable,
+        "memory_bytes": mem,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "softsort_commit": commit,
+    }

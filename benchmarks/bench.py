@@ -1,0 +1,482 @@
+"""softsort (JAX, NumPy, PyTorch) vs OTT-JAX 0.6 and torchsort, side by side (issue #5).
+
+Usage::
+
+    python benchmarks/bench.py                 # full run, writes benchmarks/results/
+    python benchmarks/bench.py --quick         # a fast check (few repeats, small sweep)
+    python benchmarks/bench.py --only W1,G1,sweep --libs softsort-jax,ott
+
+Every library runs in this one process on the same float32 inputs (``_workloads.py``).
+Methods (also written to results.md):
+
+* time: median wall time of repeated calls after warm-up (the first warm-up call
+  includes jit compilation and is reported separately); JAX results are waited for
+  with ``jax.block_until_ready``.
+* iterations: Sinkhorn iterations of the workload's transport problem with the same
+  options: softsort ``transport_for_sort(...).iterations`` (one count per batch), OTT
+  the largest ``n_iters`` over the batch, read from ``ott.tools.soft_sort.transport_for_sort``
+  with a ``jax.debug.callback`` (so it counts what the operator really ran, with OTT's
+  sorting initializer for full sorts). For gradients, the iterations of the forward solve.
+* accuracy: max abs distance to a tightly converged float64 NumPy softsort (same epsilon);
+  for G1 the loss value and the gradient together. torchsort solves another problem,
+  so its cell is the distance to the hard operator ('hard:'); the 'distance to hard'
+  table gives that distance for every library.
+* peak memory: JAX (softsort-jax, OTT): XLA's buffer assignment of the compiled
+  function (temp + output bytes, ``compiled.memory_analysis()``); NumPy: tracemalloc
+  peak over one call (NumPy reports its buffers to tracemalloc); PyTorch and torchsort:
+  peak of glibc's in-use heap (``mallinfo2``) minus its value before the call,
+  sampled every 0.2 ms by a thread (misses short spikes; RSS if mallinfo2 is absent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+import traceback
+import warnings
+from typing import Any
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+try:  # an installed softsort (nox -s bench) wins; else the checkout this file lives in
+    import softsort  # noqa: F401
+except ImportError:
+    sys.path.insert(1, os.path.dirname(HERE))
+
+import _libs  # noqa: E402
+import _measure  # noqa: E402
+import _workloads as wl  # noqa: E402
+
+SWEEP_EPS = (1e-2, 1e-3, 1e-4)
+SWEEP_N = (10, 100, 1000)
+SWEEP_MAX_ITERATIONS = 10000
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    # lineax/equinox errors carry a long essay: keep the first sentence
+    for marker in ("The linear solver returned non-finite", "A linear solver returned non-finite"):
+        if marker in text:
+            return "implicit linear solve returned non-finite output (lineax)"
+    return f"{type(exc).__name__}: {text[:110]}"
+
+
+# -- one (library, workload) cell ---------------------------------------------------------------
+def measure_cell(lib: str, name: str, data: wl.Data, ref: np.ndarray | None, hard: np.ndarray, args: Any) -> dict:
+    cell: dict[str, Any] = {"library": lib, "workload": name}
+    opts = _libs.Options(epsilon=args.epsilon, torchsort_strength=args.torchsort_strength)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            runner = _libs.build(lib, name, data, opts)
+        except _libs.NotApplicable as exc:
+            cell["status"] = "n/a"
+            cell["reason"] = str(exc)
+            return cell
+        try:
+            budget = args.budget if name[0] == "W" else args.budget * 2
+            warmup = args.warmup if (lib in _libs.JAX_LIBS or not args.quick) else 0  # eager libs: no compile
+            cell.update(_measure.time_calls(runner, warmup, args.repeats, args.min_repeats, budget))
+            out = wl.flatten_output(name, runner.result())
+        except Exception as exc:
+            cell["status"] = "FAIL"
+            cell["reason"] = _short(exc)
+            cell["traceback"] = traceback.format_exc(limit=3)[-2000:]
+            return cell
+        if not np.all(np.isfinite(out)):
+            cell["status"] = "FAIL"
+            cell["reason"] = f"non-finite output ({int(np.sum(~np.isfinite(out)))} of {out.size} values)"
+        else:
+            cell["status"] = "ok"
+        cell["hard_distance"] = float(np.max(np.abs(out - hard))) if out.shape == hard.shape else None
+        if ref is not None and out.shape == ref.shape:
+            cell["ref_distance"] = float(np.max(np.abs(out - ref)))
+        try:
+            cell["iterations"] = runner.iterations()
+        except Exception as exc:
+            cell["iterations_error"] = _short(exc)
+        try:
+            mem = runner.static_memory()
+            if mem is None and not args.quick:  # --quick: no extra call to sample memory
+                mem = _measure.peak_memory(runner, runner.memory_method)
+            if mem is not None:
+                cell["peak_memory_bytes"], cell["memory_method"] = mem
+        except Exception as exc:
+            cell["memory_error"] = _short(exc)
+    msgs = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
+    if msgs:
+        cell["warnings"] = msgs
+    return cell
+
+
+# -- iteration sweep --------------------------------------------------------------------------
+def sweep(libs: list[str], args: Any) -> list[dict]:
+    """Iterations of a plain sort over epsilon x n, threshold 1e-3, max_iterations 10000."""
+    ns = SWEEP_N if not args.quick else (10, 100)
+    rows = []
+    soft_backend = next((b for b in ("softsort-jax", "softsort-torch", "softsort-numpy") if b in libs), None)
+    for eps in SWEEP_EPS:
+        for n in ns:
+            x = np.random.default_rng([wl.SEED, n, 99]).standard_normal(n).astype(np.float32)
+            row: dict[str, Any] = {"epsilon": eps, "n": n}
+            opts = {"epsilon": eps, "threshold": 1e-3, "max_iterations": SWEEP_MAX_ITERATIONS}
+            if soft_backend is not None:
+                try:
+                    it, conv, secs = _sweep_softsort(soft_backend, x, opts)
+                    row.update(softsort=it, softsort_converged=conv, softsort_s=secs)
+                    row["softsort_backend"] = soft_backend
+                except Exception as exc:
+                    row["softsort_error"] = _short(exc)
+            if "ott" in libs:
+                try:
+                    row["ott"], row["ott_s"] = _sweep_ott(x, opts)
+                except Exception as exc:
+                    row["ott_error"] = _short(exc)
+            rows.append(row)
+            print(f"  sweep eps={eps:g} n={n}: softsort {row.get('softsort')} ott {row.get('ott')}", flush=True)
+    return rows
+
+
+def _sweep_softsort(backend: str, x: np.ndarray, opts: dict) -> tuple[int, bool, float]:
+    import softsort
+
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if backend == "softsort-jax":
+            import jax
+            import jax.numpy as jnp
+
+            def solve(x: Any) -> Any:
+                r = softsort.transport_for_sort(x, **opts)
+                return r.iterations, r.converged
+
+            it, conv = jax.jit(solve)(jnp.asarray(x))
+        else:
+            xx = x if backend == "softsort-numpy" else __import__("torch").from_numpy(x)
+            r = softsort.transport_for_sort(xx, **opts)
+            it, conv = r.iterations, r.converged
+    return int(it), bool(np.all(np.asarray(conv))), time.perf_counter() - t0
+
+
+def _sweep_ott(x: np.ndarray, opts: dict) -> tuple[int, float]:
+    import jax
+    import jax.numpy as jnp
+    from ott.tools import soft_sort as ots
+
+    t0 = time.perf_counter()
+    with _libs._record_ott_iterations() as rec:
+        jax.block_until_ready(jax.jit(lambda x: ots.sort(x, **opts))(jnp.asarray(x)))
+    return int(max(int(np.max(r)) for r in rec)), time.perf_counter() - t0
+
+
+# -- report -------------------------------------------------------------------------------------
+def _fmt_time(c: dict | None) -> str:
+    if c is None:
+        return "—"
+    if c["status"] == "n/a":
+        return "n/a"
+    if c["status"] == "FAIL":
+        t = f" (ran {c['median_s'] * 1e3:.3g} ms)" if "median_s" in c else ""
+        return f"FAIL: {c['reason']}{t}"
+    return f"{c['median_s'] * 1e3:.3g}"
+
+
+def _fmt(c: dict | None, key: str, fmt: str, prefix: str = "") -> str:
+    if c is None or c["status"] == "n/a":
+        return "—" if c is None else "n/a"
+    if c["status"] == "FAIL" and key not in c:
+        return "FAIL"
+    v = c.get(key)
+    if v is None:
+        return "—"
+    return prefix + format(v, fmt)
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _geomean(xs: list[float]) -> float:
+    return math.exp(sum(math.log(v) for v in xs) / len(xs))
+
+
+def ratios(cells: dict, sweep_rows: list[dict]) -> dict[str, Any]:
+    def t(lib: str, name: str) -> float | None:
+        c = cells.get((lib, name))
+        return c["median_s"] if c is not None and c["status"] == "ok" else None
+
+    out: dict[str, Any] = {}
+    pairs = [(t("ott", w), t("softsort-jax", w)) for w in wl.FORWARD]
+    ok = [(o, s) for o, s in pairs if o is not None and s is not None]
+    if ok:
+        out["W1-W6 geomean speedup softsort-jax over ott"] = _geomean([o / s for o, s in ok])
+        out["W1-W6 geomean: workloads used"] = [w for w, (o, s) in zip(wl.FORWARD, pairs, strict=True) if o and s]
+    s_g1 = t("softsort-jax", "G1")
+    for mode in ("ott", "ott-unrolled"):
+        if s_g1 and t(mode, "G1"):
+            out[f"G1 speedup softsort-jax over {mode} (OTT's working mode)"] = t(mode, "G1") / s_g1
+            break
+    for w in ("W1", "W2", "W4", "W6"):
+        base = t("softsort-jax", w)
+        for lib in ("softsort-numpy", "softsort-torch"):
+            v = t(lib, w)
+            if base and v:
+                out[f"{w} {lib} time / softsort-jax time"] = v / base
+    it = [r["softsort"] / r["ott"] for r in sweep_rows if r["epsilon"] <= 1e-3 and r.get("softsort") and r.get("ott")]
+    if it:
+        out["sweep iterations softsort/ott at eps<=1e-3, geomean"] = _geomean(it)
+        out["sweep iterations softsort/ott at eps<=1e-3, max"] = max(it)
+    return out
+
+
+def report(cells: dict, libs: list[str], names: list[str], sweep_rows: list[dict], meta: dict) -> str:
+    def rows(render: Any) -> list[list[str]]:
+        return [[f"{n} {wl.WORKLOADS[n]}"] + [render(cells.get((lib, n)), lib) for lib in libs] for n in names]
+
+    head = ["workload", *libs]
+    parts = [
+        "# softsort benchmark (issue #5)",
+        "",
+        f"Machine: {meta['machine']['cpu_model']}, {meta['machine']['usable_cpus']} usable CPUs; "
+        f"Python {meta['machine']['python']}; "
+        + ", ".join(f"{k} {v}" for k, v in meta["versions"].items() if v)
+        + f"; softsort commit {meta['machine']['softsort_commit']}. "
+        f"Load average (1 min) at start / end: {meta['machine']['load_average_at_start'][0]:.2f} / "
+        f"{meta['machine']['load_average_1_5_15min'][0]:.2f} (other processes on the machine skew timings).",
+        f"float32 inputs; epsilon={meta['options']['epsilon']}, threshold=1e-3, max_iterations=2000, "
+        f"inner_iterations=10; torchsort regularization_strength={meta['options']['torchsort_strength']} (l2). "
+        f"Mode: {'quick' if meta['options']['quick'] else 'full'}.",
+    ]
+    parts[-1] += f" Accuracy reference threshold {meta['options']['reference']['threshold']:g}."
+    if meta["skipped"]:
+        parts += ["", "Skipped libraries: " + "; ".join(f"{k} ({v})" for k, v in meta["skipped"].items())]
+    parts += [
+        "",
+        "## Median wall time (ms)",
+        "",
+        _table(head, rows(lambda c, lib: _fmt_time(c))),
+        "",
+        "## First call (ms, includes jit compilation)",
+        "",
+        _table(
+            head,
+            rows(
+                lambda c, lib: _fmt(
+                    c and {**c, "f": c["first_call_s"] * 1e3 if c.get("first_call_s") else None}, "f", ".4g"
+                )
+            ),
+        ),
+        "",
+        "## Sinkhorn iterations (softsort: per batch; OTT: max over the batch)",
+        "",
+        _table(head, rows(lambda c, lib: "—" if lib == "torchsort" else _fmt(c, "iterations", "d"))),
+        "",
+        "## Accuracy: max abs distance to tightly converged float64 softsort; torchsort: to the hard operator",
+        "",
+        _table(
+            head,
+            rows(
+                lambda c, lib: (
+                    _fmt(c, "hard_distance", ".2e", "hard: ") if lib == "torchsort" else _fmt(c, "ref_distance", ".2e")
+                )
+            ),
+        ),
+        "",
+        "## Distance to the hard operator (G1: loss value and zero gradient; G2: w[rank])",
+        "",
+        _table(head, rows(lambda c, lib: _fmt(c, "hard_distance", ".3g"))),
+        "",
+        "## Peak memory (MiB; method in brackets: xla = compiled buffer assignment, "
+        "tracemalloc, malloc = sampled glibc heap delta)",
+        "",
+        _table(
+            head,
+            rows(
+                lambda c, lib: (
+                    _fmt(
+                        c and {**c, "m": c["peak_memory_bytes"] / 2**20 if "peak_memory_bytes" in c else None},
+                        "m",
+                        ".3g",
+                    )
+                    + (f" [{c['memory_method']}]" if c and "memory_method" in c else "")
+                )
+            ),
+        ),
+    ]
+    if sweep_rows:
+        srows = []
+        for r in sweep_rows:
+            s, o = r.get("softsort"), r.get("ott")
+            srows.append(
+                [
+                    f"{r['epsilon']:g}",
+                    str(r["n"]),
+                    (str(s) + ("" if r.get("softsort_converged", True) else " (not converged)"))
+                    if s is not None
+                    else r.get("softsort_error", "—"),
+                    str(o) if o is not None else r.get("ott_error", "—"),
+                    f"{s / o:.2f}" if s and o else "—",
+                ]
+            )
+        backend = next((r["softsort_backend"] for r in sweep_rows if "softsort_backend" in r), "?")
+        parts += [
+            "",
+            f"## Iterations of sort vs epsilon and n (threshold 1e-3, max_iterations {SWEEP_MAX_ITERATIONS}; "
+            f"softsort on {backend}, OTT with its sorting initializer)",
+            "",
+            _table(["epsilon", "n", "softsort", "ott", "softsort/ott"], srows),
+        ]
+    rat = meta["ratios"]
+    if rat:
+        parts += ["", "## Ratios targeted by the issue", ""]
+        parts += [f"- {k}: {v:.3g}" if isinstance(v, float) else f"- {k}: {v}" for k, v in rat.items()]
+    fails = [c for c in cells.values() if c["status"] == "FAIL"]
+    if fails:
+        parts += ["", "## Failures", ""]
+        parts += [f"- {c['library']} {c['workload']}: {c['reason']}" for c in fails]
+    warns = [(c["library"], c["workload"], w) for c in cells.values() for w in c.get("warnings", [])]
+    if warns:
+        parts += ["", "## Warnings raised during the runs", ""]
+        parts += [f"- {lib} {n}: {w[:300]}" for lib, n, w in warns]
+    parts += ["", "## Method", "", __doc__.split("Methods (also written to results.md):")[1].strip()]
+    return "\n".join(parts) + "\n"
+
+
+def plot(cells: dict, libs: list[str], names: list[str], path: str) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        return f"no plot: {exc}"
+    fig, ax = plt.subplots(figsize=(max(8, 1.3 * len(names)), 4.5))
+    width = 0.8 / max(1, len(libs))
+    for i, lib in enumerate(libs):
+        xs, ys = [], []
+        for j, n in enumerate(names):
+            c = cells.get((lib, n))
+            if c is not None and c["status"] == "ok":
+                xs.append(j + (i - (len(libs) - 1) / 2) * width)
+                ys.append(c["median_s"] * 1e3)
+        ax.bar(xs, ys, width=width, label=lib)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_ylabel("median wall time (ms, log scale)")
+    ax.set_title("softsort vs OTT-JAX vs torchsort (float32, CPU); missing bar = n/a or failed")
+    ax.legend(fontsize=8, ncols=3)
+    ax.grid(axis="y", which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="few repeats and a small sweep (a check, < 3 minutes)")
+    p.add_argument("--only", default=None, help=f"comma list of {','.join(wl.WORKLOADS)},sweep")
+    p.add_argument("--libs", default=None, help=f"comma list of {','.join(_libs.LIBS)}")
+    p.add_argument("--epsilon", type=float, default=1e-2)
+    p.add_argument("--torchsort-strength", type=float, default=1.0, help="torchsort regularization_strength (l2)")
+    p.add_argument("--repeats", type=int, default=None, help="timed calls per cell (default 20; quick 3)")
+    p.add_argument("--out", default=os.path.join(HERE, "results"), help="output folder")
+    args = p.parse_args(argv)
+    args.warmup = 1 if args.quick else 2
+    args.repeats = args.repeats or (3 if args.quick else 20)
+    args.min_repeats = 1 if args.quick else 5
+    args.budget = 1.0 if args.quick else 15.0
+
+    wanted = [s.strip() for s in args.only.split(",")] if args.only else [*wl.WORKLOADS, "sweep"]
+    unknown = [w for w in wanted if w not in wl.WORKLOADS and w != "sweep"]
+    libs = [s.strip() for s in args.libs.split(",")] if args.libs else list(_libs.LIBS)
+    unknown += [lib for lib in libs if lib not in _libs.LIBS]
+    if unknown:
+        p.error(f"unknown workload or library: {', '.join(unknown)}")
+    names = [w for w in wl.WORKLOADS if w in wanted]
+
+    skipped = {}
+    for lib in list(libs):
+        reason = _libs.available(lib)
+        if reason is not None:
+            print(f"SKIP {lib}: {reason}", flush=True)
+            skipped[lib] = reason
+            libs.remove(lib)
+    if any(lib in _libs.JAX_LIBS for lib in libs):
+        import jax
+
+        if jax.config.jax_enable_x64:
+            print("note: JAX_ENABLE_X64 is on; inputs stay float32", flush=True)
+
+    t_start = time.perf_counter()
+    load_before = list(os.getloadavg())
+    cells: dict[tuple[str, str], dict] = {}
+    ref_thr, ref_max = (1e-7, 100_000) if args.quick else (1e-9, 100_000)
+    # OTT's failing implicit solve logs a long lineax traceback from a callback; the cell says FAIL
+    logging.getLogger("jax._src.callback").setLevel(logging.CRITICAL)
+    for name in names:
+        data = wl.make_data(name)
+        hard = wl.hard(name, data)
+        ref = None
+        if any(lib != "torchsort" for lib in libs):
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ref = wl.reference(name, data, args.epsilon, ref_thr, ref_max)
+            print(f"{name}: reference in {time.perf_counter() - t0:.1f} s", flush=True)
+        for lib in libs:
+            c = measure_cell(lib, name, data, ref, hard, args)
+            cells[(lib, name)] = c
+            print(
+                f"  {name} {lib:15s} time {_fmt_time(c):>10s} ms  it {_fmt(c, 'iterations', 'd'):>5s}  "
+                f"err {_fmt(c, 'ref_distance', '.2e')}  hard {_fmt(c, 'hard_distance', '.2e')}",
+                flush=True,
+            )
+    sweep_rows = sweep(libs, args) if "sweep" in wanted else []
+
+    versions = {m: _libs.version(m) for m in ("softsort", "numpy", "jax", "jaxlib", "torch", "ott", "torchsort")}
+    if "torch" in sys.modules:
+        versions["torch_threads"] = sys.modules["torch"].get_num_threads()
+    meta: dict[str, Any] = {
+        "machine": _measure.machine(),
+        "versions": versions,
+        "options": {
+            "epsilon": args.epsilon,
+            "torchsort_strength": args.torchsort_strength,
+            "quick": args.quick,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "softsort_path": os.path.dirname(sys.modules["softsort"].__file__) if "softsort" in sys.modules else None,
+            "reference": {"dtype": "float64", "backend": "numpy", "threshold": ref_thr, "max_iterations": ref_max},
+        },
+        "skipped": skipped,
+        "workloads": {n: wl.WORKLOADS[n] for n in names},
+    }
+    meta["machine"]["load_average_at_start"] = load_before
+    meta["ratios"] = ratios(cells, sweep_rows)
+    text = report(cells, libs, names, sweep_rows, meta)
+    print()
+    print(text)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({**meta, "cells": list(cells.values()), "sweep": sweep_rows}, f, indent=1, default=str)
+    msg = plot(cells, libs, names, os.path.join(args.out, "timings.png"))
+    print(msg or f"wrote {args.out}/results.md, results.json, timings.png", flush=True)
+    print(f"total {time.perf_counter() - t_start:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
