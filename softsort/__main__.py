@@ -45,12 +45,13 @@ def _parser() -> argparse.ArgumentParser:
 def _missing(modules: list[str]) -> str | None:
     import importlib.util
 
-    from softsort_tutorial._deps import install_hint
+    from softsort_tutorial._deps import EXTRAS, install_command
 
-    for name in modules:
-        if importlib.util.find_spec(name) is None:
-            return install_hint(name)
-    return None
+    absent = [name for name in modules if importlib.util.find_spec(name) is None]
+    if not absent:
+        return None
+    names = ", ".join(EXTRAS.get(n, (n, ""))[0] for n in absent)
+    return f"{names} not installed; install with: {install_command(absent)}"
 
 
 def _demo(args: argparse.Namespace) -> int:

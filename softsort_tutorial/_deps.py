@@ -46,6 +46,31 @@ def install_hint(name: str) -> str:
     return f"{dist!r} is not installed; install it with: {cmd}"
 
 
+def install_command(names: list[str]) -> str:
+    """One ``pip install`` command providing all the modules ``names``.
+
+    Parameters
+    ----------
+    names : list of str
+        Top-level module names, e.g. ``["jax", "flax", "matplotlib"]``.
+
+    Returns
+    -------
+    str
+        E.g. ``pip install "softsort[examples,jax]" flax optax``.
+    """
+    extras: set[str] = set()
+    plain: list[str] = []
+    for name in names:
+        top = name.split(".")[0]
+        extras.update(EXTRAS.get(top, (top, "examples"))[1].split(","))
+        if top in ("flax", "optax"):
+            plain += [p for p in ("flax", "optax") if p not in plain]
+    order = ["examples", "jax", "torch"]
+    ordered = [e for e in order if e in extras] + sorted(extras - set(order))
+    return " ".join([f'pip install "softsort[{",".join(ordered)}]"', *plain])
+
+
 def require(name: str) -> ModuleType:
     """Import ``name`` or raise :class:`MissingDependencyError` naming the extra to install.
 

@@ -140,6 +140,8 @@ def test_install_hints():
     assert 'softsort[examples]"' in _deps.install_hint("matplotlib.pyplot")
     assert "softsort[examples,jax]" in _deps.install_hint("flax.linen")
     assert 'softsort[torch]"' in _deps.install_hint("torch")
+    assert _deps.install_command(["jax", "flax", "matplotlib"]) == 'pip install "softsort[examples,jax]" flax optax'
+    assert _deps.install_command(["torch"]) == 'pip install "softsort[torch]"'
     with pytest.raises(_deps.MissingDependencyError, match="pip install"):
         _deps.require("softsort_no_such_module")
 
@@ -309,4 +311,4 @@ def test_train_cli_missing_framework(capsys, monkeypatch):
     assert cli.main(["train", "--framework", "torch"]) == 1
     assert 'pip install "softsort[torch]"' in capsys.readouterr().err
     assert cli.main(["train", "--framework", "jax"]) == 1
-    assert "softsort[examples,jax]" in capsys.readouterr().err
+    assert 'softsort[examples,jax]" flax optax' in capsys.readouterr().err
