@@ -112,9 +112,26 @@ def compute_dtype(fname: str, name: str, xp: Any, x: Any) -> tuple[Any, Any]:
     raise TypeError(msg)
 
 
+def as_compute(xp: Any, value: Any, dtype: Any, dev: Any) -> Any:
+    """``value`` in the compute dtype; Python values are placed on the input's device.
+
+    Arrays keep their placement: moving a traced array (e.g. batched by ``jax.vmap``
+    while the input is not) to a concrete device is not possible, and frameworks place
+    scalars themselves.
+    """
+    if _compat.is_array_api_obj(value):
+        return value if value.dtype == dtype else xp.astype(value, dtype)
+    return xp.asarray(value, dtype=dtype, device=dev)
+
+
+def violated(backend: Any, ok: Any) -> bool:
+    """Whether the 0-d boolean ``ok`` is known to be False (unknown under tracing: no)."""
+    return backend.is_concrete(ok) and not bool(ok)
+
+
 def finite(fname: str, name: str, backend: Any, x: Any) -> None:
     xp = backend.xp
-    if backend.is_concrete(x) and not bool(xp.all(xp.isfinite(x))):
+    if violated(backend, xp.all(xp.isfinite(x))):
         bad = int(xp.sum(xp.astype(~xp.isfinite(x), xp.int32)))
         msg = f"{fname}() argument {name!r} holds {bad} non-finite value(s) (nan or inf)"
         raise ValueError(msg)
@@ -189,8 +206,8 @@ def epsilon_array(fname: str, backend: Any, epsilon: Any, dtype: Any, dev: Any) 
     if epsilon.ndim != 0:
         msg = f"{fname}() option 'epsilon' must be a scalar, got an array of shape {tuple(epsilon.shape)}"
         raise ValueError(msg)
-    eps = xp.asarray(epsilon, dtype=dtype, device=dev)
-    if backend.is_concrete(eps) and not bool(xp.isfinite(eps) & (eps > 0)):
+    eps = as_compute(xp, epsilon, dtype, dev)
+    if violated(backend, xp.isfinite(eps) & (eps > 0)):
         msg = f"{fname}() option 'epsilon' must be finite and > 0, got {float(eps)!r}"
         raise ValueError(msg)
     return eps
@@ -210,13 +227,13 @@ def weights(
     if size is not None and w.shape[0] != size:
         msg = f"{fname}() argument {name!r} must have {size} entries, got {w.shape[0]}"
         raise ValueError(msg)
-    w = xp.asarray(w, dtype=dtype, device=dev)
-    if backend.is_concrete(w):
-        if not bool(xp.all(xp.isfinite(w))) or not bool(xp.all(w > 0)):
-            msg = f"{fname}() argument {name!r} must hold finite weights > 0, got {_short(w)}"
-            raise ValueError(msg)
-        total = float(xp.sum(w))
-        if abs(total - 1.0) > 1e-5 * max(1, w.shape[0]) ** 0.5 + 10 * float(xp.finfo(dtype).eps):
-            msg = f"{fname}() argument {name!r} must sum to 1, got a sum of {total!r}"
-            raise ValueError(msg)
+    w = as_compute(xp, w, dtype, dev)
+    if violated(backend, xp.all(xp.isfinite(w) & (w > 0))):
+        msg = f"{fname}() argument {name!r} must hold finite weights > 0, got {_short(w)}"
+        raise ValueError(msg)
+    tol = 1e-5 * max(1, w.shape[0]) ** 0.5 + 10 * float(xp.finfo(dtype).eps)
+    total = xp.sum(w)
+    if violated(backend, xp.abs(total - 1.0) <= tol):
+        msg = f"{fname}() argument {name!r} must sum to 1, got a sum of {float(total)!r}"
+        raise ValueError(msg)
     return w

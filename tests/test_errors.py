@@ -93,6 +93,7 @@ def test_non_convergence_warns_and_reports(lib: Lib) -> None:
         out = softsort.transport_for_sort(x, epsilon=1e-4, max_iterations=5, inner_iterations=2)
     assert not bool(lib.to_numpy(out.converged))
     assert int(lib.to_numpy(out.iterations)) == 5  # max_iterations is respected exactly
+    assert lib.to_numpy(out.iterations).shape == ()
 
 
 def test_topk_equal_n_is_full_sort(lib: Lib) -> None:

@@ -21,7 +21,8 @@ class SinkhornOutput(NamedTuple):
     f: Any  # (B, n) potential of the inputs
     g: Any  # (B, m) potential of the targets
     errors: Any  # (B, num_checks) L1 error of the target marginal at each check, -1 unused
-    iterations: Any  # () number of Sinkhorn iterations run
+    iterations: Any  # (B,) Sinkhorn iterations run for each problem
+    final_error: Any  # (B,) error at the last check (inf if never checked)
 
 
 def targets_like(xp: Any, z: Any, m: int) -> Any:
@@ -48,10 +49,11 @@ def solve(
 ) -> SinkhornOutput:
     """Run Sinkhorn until the L1 error of the target marginal is below the threshold.
 
-    ``z`` and ``a`` are (B, n), ``b`` is (B, m) (weights: rows sum to one), ``eps`` is (B,). The error is
-    checked every ``inner_iterations`` (after the ``f`` update, so the input marginal is
-    exact); the loop stops when every row is below ``threshold``, when an error is not
-    finite, or at ``max_iterations``, which is never exceeded.
+    ``z`` and ``a`` are (B, n), ``b`` is (B, m) (weights: rows sum to one), ``eps`` is
+    (B,). The error is checked every ``inner_iterations`` (after the ``f`` update, so the
+    input marginal is exact); a row stops when its error is below ``threshold`` or not
+    finite, and the loop when every row has stopped or at ``max_iterations``, which is
+    never exceeded.
     """
     xp = backend.xp
     dev = device(z)
@@ -80,7 +82,11 @@ def solve(
     omega_fixed = 1.0 if adaptive else float(config.momentum)
 
     def body(state: tuple[Any, ...]) -> tuple[Any, ...]:
-        f, g, errors, it, _, omega, prev_err = state
+        f0, g0, errors, it, omega, last_err, row_it = state
+        # Rows already below the threshold (or diverged) are frozen, exactly as under
+        # jax.vmap: a row's result does not depend on the rest of its batch.
+        active = last_err >= config.threshold
+        f, g = f0, g0
         for j in range(inner):
             g_new = g_update(f)
             if j < inner - 1:  # over-relax all but the last step: rows are exact at checks
@@ -93,37 +99,42 @@ def solve(
                 g_new = xp.where(keep, g_new, g)
                 f_new = xp.where(keep, f_new, f)
             f, g = f_new, g_new
+        f = xp.where(active[..., None], f, f0)
+        g = xp.where(active[..., None], g, g0)
         # Diagnostics and step sizes steer the loop only: never differentiated (unrolled
         # differentiation through 0 ** (1/inner) and sqrt(0) would give NaN).
         err = backend.stop_gradient(marginal_error(f, g))
         k = it // inner
-        errors = xp.where(check_ids == k, err[..., None], errors)
+        errors = xp.where((check_ids == k) & active[..., None], err[..., None], errors)
         if adaptive:
-            omega = _adapt_omega(xp, k, omega, err, prev_err, inner, eps)
-        it = xp.minimum(it + inner, xp.asarray(max_it, dtype=it.dtype, device=dev))
-        return f, g, errors, it, xp.max(err), omega, err
+            omega = xp.where(active[..., None], _adapt_omega(xp, k, omega, err, last_err, inner, eps), omega)
+        steps = xp.minimum(xp.asarray(inner, dtype=it.dtype, device=dev), max_it - it)
+        row_it = row_it + xp.where(active, steps, xp.zeros_like(steps))
+        it = it + steps
+        return f, g, errors, it, omega, xp.where(active, err, last_err), row_it
 
     def cond(state: tuple[Any, ...]) -> Any:
-        it, worst = state[3], state[4]
-        # NaN >= threshold is False: a diverged solve stops instead of spinning.
-        return xp.logical_and(it < max_it, worst >= config.threshold)
+        it, last_err = state[3], state[5]
+        # NaN >= threshold is False: a diverged row stops instead of spinning.
+        return xp.logical_and(it < max_it, xp.any(last_err >= config.threshold))
 
     batch = z.shape[:-1]
     f0 = xp.zeros((*batch, n), dtype=z.dtype, device=dev)
     g0 = xp.zeros((*batch, m), dtype=z.dtype, device=dev)
     errors0 = -xp.ones((*batch, num_checks), dtype=z.dtype, device=dev)
     it0 = xp.asarray(0, dtype=xp.int32, device=dev)
-    inf = xp.asarray(math.inf, dtype=z.dtype, device=dev)
-    if math.prod(batch) == 0:  # nothing to solve; max() of an empty batch is undefined
-        return SinkhornOutput(f0, g0, errors0, it0)
+    row_it0 = xp.zeros(batch, dtype=xp.int32, device=dev)
+    err0 = xp.full(batch, math.inf, dtype=z.dtype, device=dev)
+    if math.prod(batch) == 0:  # nothing to solve; any() of an empty batch is False anyway
+        return SinkhornOutput(f0, g0, errors0, row_it0, err0)
     omega0 = xp.full((*batch, 1), omega_fixed, dtype=z.dtype, device=dev)
-    state = (f0, g0, errors0, it0, inf, omega0, xp.full(batch, math.inf, dtype=z.dtype, device=dev))
+    state = (f0, g0, errors0, it0, omega0, err0, row_it0)
     if config.implicit_diff:
         state = backend.while_loop(cond, body, state)
     else:
         state = backend.bounded_while_loop(cond, body, state, num_checks)
-    f, g, errors, it = state[:4]
-    return SinkhornOutput(f, g, errors, it)
+    f, g, errors, _, _, last_err, row_it = state
+    return SinkhornOutput(f, g, errors, row_it, last_err)
 
 
 #: Highest over-relaxation the adaptive rule picks (2 is the limit of convergence).

@@ -24,7 +24,8 @@ class Transport(NamedTuple):
     f: Any  # (B, n)
     g: Any  # (B, m)
     errors: Any  # (B, num_checks)
-    iterations: Any  # ()
+    iterations: Any  # (B,)
+    final_error: Any  # (B,)
 
 
 Static = tuple[Any, SolverConfig]  # (backend, config): hashable
@@ -36,7 +37,7 @@ def _fwd(static: Static, z: Any, a: Any, b: Any, eps: Any) -> tuple[Any, ...]:
     out = solve(backend, config, z, a, b, eps)
     cost = cost_matrix(xp, z, targets_like(xp, z, b.shape[-1]))
     plan = plan_from_potentials(backend, out.f, out.g, cost, eps)
-    return plan, out.f, out.g, out.errors, out.iterations
+    return plan, out.f, out.g, out.errors, out.iterations, out.final_error
 
 
 def _bwd(
@@ -65,9 +66,9 @@ def transport(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: A
         outs = _differentiable_plan(backend)(static, z, a, b, eps)
     else:  # the framework differentiates through the iterations themselves
         outs = _fwd(static, z, a, b, eps)
-    plan, f, g, errors, iterations = outs
+    plan, f, g, errors, iterations, final_error = outs
     stop = backend.stop_gradient
-    return Transport(plan, stop(f), stop(g), stop(errors), iterations)
+    return Transport(plan, stop(f), stop(g), stop(errors), iterations, stop(final_error))
 
 
 def transport_vjp(
