@@ -122,9 +122,7 @@ class _Call(NamedTuple):
         return out if out.dtype == self.out_dtype else xp.astype(out, self.out_dtype)
 
     def evaluate(self) -> Any:
-        out, t = ops.run(
-            self.backend, self.op, self.values, self.criterion, self.eps, self.squash, self.config
-        )
+        out, t = ops.run(self.backend, self.op, self.values, self.criterion, self.eps, self.squash, self.config)
         _report(self.fname, self.backend, t, self.config)
         return self.cast(self.to_user(out))
 
@@ -188,7 +186,9 @@ def _along_axis(
 
 
 # -- the operators ----------------------------------------------------------------------------
-def _sort(x: Any, /, *, axis: int = -1, topk: int | None = None, num_targets: int | None = None, **options: Any) -> _Call:
+def _sort(
+    x: Any, /, *, axis: int = -1, topk: int | None = None, num_targets: int | None = None, **options: Any
+) -> _Call:
     def make(backend: Backend, n: int, dtype: Any, dev: Any) -> ops.Operator:
         k = _topk("sort", topk, n)
         m = None if num_targets is None else check.as_int("sort", "num_targets", num_targets, 1)
@@ -266,7 +266,9 @@ def sort(x: Any, /, *, axis: int = -1, topk: int | None = None, num_targets: int
     return _sort(x, axis=axis, topk=topk, num_targets=num_targets, **options).evaluate()
 
 
-def _ranks(x: Any, /, *, axis: int = -1, num_targets: int | None = None, target_weights: Any = None, **options: Any) -> _Call:
+def _ranks(
+    x: Any, /, *, axis: int = -1, num_targets: int | None = None, target_weights: Any = None, **options: Any
+) -> _Call:
     def make(backend: Backend, n: int, dtype: Any, dev: Any) -> ops.Operator:
         if target_weights is not None:
             if num_targets is not None and num_targets != target_weights.shape[0]:
@@ -286,7 +288,9 @@ def _ranks(x: Any, /, *, axis: int = -1, num_targets: int | None = None, target_
     return _along_axis("ranks", x, axis, options, make, target_weights=target_weights)
 
 
-def ranks(x: Any, /, *, axis: int = -1, num_targets: int | None = None, target_weights: Any = None, **options: Any) -> Any:
+def ranks(
+    x: Any, /, *, axis: int = -1, num_targets: int | None = None, target_weights: Any = None, **options: Any
+) -> Any:
     r"""Soft ranks in ``[0, n - 1]`` of the values of ``x`` along ``axis``.
 
     Examples
@@ -600,7 +604,7 @@ def _sort_with(x: Any, /, criterion: Any, *, topk: int | None = None, **options:
 
     call = _along_axis(fname, crit, -1, options, make)
     b = call.backend
-    dtype, out_dtype = check.compute_dtype(fname, "x", xp, rows)
+    _, out_dtype = check.compute_dtype(fname, "x", xp, rows)
     check.finite(fname, "x", b, rows)
     batch = tuple(rows.shape[:-2])
     size, d = math.prod(batch), rows.shape[-1]
@@ -619,7 +623,9 @@ def _sort_with(x: Any, /, criterion: Any, *, topk: int | None = None, **options:
         g = xp.reshape(g, (*batch, n, d))
         return g[..., 0] if vector else g
 
-    return call._replace(values=values, out_dtype=out_dtype, to_user=to_user, from_user=from_user, grad_to_user=grad_to_user)
+    return call._replace(
+        values=values, out_dtype=out_dtype, to_user=to_user, from_user=from_user, grad_to_user=grad_to_user
+    )
 
 
 def sort_with(x: Any, /, criterion: Any, *, topk: int | None = None, **options: Any) -> Any:
@@ -727,13 +733,15 @@ def transport_for_sort(
 
     def make(backend: Backend, n: int, dtype: Any, dev: Any) -> ops.Operator:
         a = None if weights is None else check.weights(fname, "weights", backend, weights, dtype, dev, size=n)
-        b = None if target_weights is None else check.weights(fname, "target_weights", backend, target_weights, dtype, dev)
+        b = (
+            None
+            if target_weights is None
+            else check.weights(fname, "target_weights", backend, target_weights, dtype, dev)
+        )
         m = None if num_targets is None else check.as_int(fname, "num_targets", num_targets, 1)
         return ops.plan_op(a, b, m)
 
     call = _along_axis(fname, x, axis, options, make, weights=weights, target_weights=target_weights)
-    if x.ndim != 1 and isinstance(axis, int) and axis % x.ndim != x.ndim - 1:
-        pass  # the plan's n axis is always second-to-last; documented above
     plan, t = ops.run(call.backend, call.op, call.values, call.criterion, call.eps, call.squash, call.config)
     converged = _report(fname, call.backend, t, call.config)
     xp = call.backend.xp
@@ -809,11 +817,14 @@ def vjp(fun: Callable[..., Any], x: Any, /, *args: Any, **kwargs: Any) -> tuple[
     """
     builder = _BUILDERS.get(fun)
     if builder is None:
-        msg = f"vjp() argument 'fun' must be a softsort operator ({', '.join(f.__name__ for f in _BUILDERS)}), got {fun!r}"
+        names = ", ".join(f.__name__ for f in _BUILDERS)
+        msg = f"vjp() argument 'fun' must be a softsort operator ({names}), got {fun!r}"
         raise TypeError(msg)
     call = builder(x, *args, **kwargs)
     if call.squash is not None:
-        msg = "vjp() differentiates the default squashing only; use JAX or PyTorch autodiff for a custom 'squashing_fun'"
+        msg = (
+            "vjp() differentiates the default squashing only; use JAX or PyTorch autodiff for a custom 'squashing_fun'"
+        )
         raise ValueError(msg)
     out, t, pullback = ops.run_vjp(call.backend, call.op, call.values, call.criterion, call.eps, call.config)
     _report(call.fname, call.backend, t, call.config)
@@ -823,7 +834,9 @@ def vjp(fun: Callable[..., Any], x: Any, /, *args: Any, **kwargs: Any) -> tuple[
     def vjp_fn(cotangent: Any) -> Any:
         xp = call.backend.xp
         if tuple(cotangent.shape) != tuple(user_out.shape):
-            msg = f"vjp_fn() cotangent must have the output's shape {tuple(user_out.shape)}, got {tuple(cotangent.shape)}"
+            msg = (
+                f"vjp_fn() cotangent must have the output's shape {tuple(user_out.shape)}, got {tuple(cotangent.shape)}"
+            )
             raise ValueError(msg)
         grad = call.grad_to_user(pullback(call.from_user(cotangent)))
         if xp.isdtype(x_dtype, "real floating") and grad.dtype != x_dtype:

@@ -213,9 +213,7 @@ def epsilon_array(fname: str, backend: Any, epsilon: Any, dtype: Any, dev: Any) 
     return eps
 
 
-def weights(
-    fname: str, name: str, backend: Any, w: Any, dtype: Any, dev: Any, size: int | None = None
-) -> Any:
+def weights(fname: str, name: str, backend: Any, w: Any, dtype: Any, dev: Any, size: int | None = None) -> Any:
     """A 1-D probability vector: positive entries summing to one (checked where known)."""
     xp = backend.xp
     if not _compat.is_array_api_obj(w):

@@ -60,7 +60,7 @@ def _x64():
 @pytest.mark.parametrize("name", list(OPS))
 def test_values_and_gradients_agree(name) -> None:
     fun = OPS[name]
-    cot_fn = lambda shape: np.random.default_rng(9).normal(size=shape)  # noqa: E731
+    cot_fn = lambda shape: np.random.default_rng(9).normal(size=shape)
     v_np, g_np = _numpy(fun, X, cot_fn)
     v_jax, g_jax = _jax(fun, X, cot_fn)
     v_t, g_t = _torch(fun, X, cot_fn)

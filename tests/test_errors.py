@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import Lib
 
 import softsort
+from conftest import Lib
 
 X = [1.0, 5.0, 4.0, 8.0, 12.0]
 
@@ -40,7 +40,11 @@ X = [1.0, 5.0, 4.0, 8.0, 12.0]
         (lambda L, x: softsort.sort(x, momentum=2.5), ValueError, "'momentum'"),
         (lambda L, x: softsort.sort(x, lse_mode=True), TypeError, "unexpected keyword argument\\(s\\) 'lse_mode'"),
         (lambda L, x: softsort.ranks(x, target_weights=L.asarray([0.5, 0.6])), ValueError, "must sum to 1"),
-        (lambda L, x: softsort.ranks(x, target_weights=L.asarray([1.5, -0.5])), ValueError, "'target_weights' must hold finite weights > 0"),
+        (
+            lambda L, x: softsort.ranks(x, target_weights=L.asarray([1.5, -0.5])),
+            ValueError,
+            "'target_weights' must hold finite weights > 0",
+        ),
         (
             lambda L, x: softsort.quantile_normalization(x, L.asarray([0.0, 1.0]), weights=L.asarray([1.0])),
             ValueError,
@@ -48,7 +52,11 @@ X = [1.0, 5.0, 4.0, 8.0, 12.0]
         ),
         (lambda L, x: softsort.quantile_normalization(x, L.asarray([2.0, 1.0])), ValueError, "must be sorted"),
         (lambda L, x: softsort.sort([1.0, 2.0]), TypeError, "argument 'x' must be an array"),
-        (lambda L, x: softsort.sort_with(L.asarray(np.ones((5, 2))), L.asarray([1.0, 2.0])), ValueError, "'criterion' must have shape"),
+        (
+            lambda L, x: softsort.sort_with(L.asarray(np.ones((5, 2))), L.asarray([1.0, 2.0])),
+            ValueError,
+            "'criterion' must have shape",
+        ),
         (lambda L, x: softsort.sort(L.asarray(3.0)), ValueError, "at least one dimension"),
         (lambda L, x: softsort.vjp(len, x), TypeError, "'fun' must be a softsort operator"),
     ],
@@ -78,7 +86,7 @@ def test_input_never_modified_and_read_only_ok() -> None:
     x = np.array([3.0, 1.0, 2.0])
     x.setflags(write=False)
     before = x.copy()
-    out, pullback = softsort.vjp(softsort.sort, x)
+    _, pullback = softsort.vjp(softsort.sort, x)
     pullback(np.ones(3))
     for f in (softsort.sort, softsort.ranks, softsort.quantize):
         f(x)

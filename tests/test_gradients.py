@@ -13,9 +13,9 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import Backend, Lib
 
 import softsort
+from conftest import Backend, Lib
 
 TIGHT = {"threshold": 1e-12, "max_iterations": 50000}
 RNG = np.random.default_rng(1234)
@@ -97,7 +97,7 @@ def test_sort_with_gradient(lib: Lib) -> None:
     rows = RNG.normal(size=(6, 3))
     crit = lib.asarray(RNG.normal(size=6))
     kw = {**TIGHT, "epsilon": 0.1, "topk": 4}
-    fun = lambda r, **k: softsort.sort_with(r, crit, **k)  # noqa: E731
+    fun = lambda r, **k: softsort.sort_with(r, crit, **k)
     out0 = lib.to_numpy(fun(lib.asarray(rows), **kw))
     cot = RNG.normal(size=out0.shape)
     if lib.backend in (Backend.JAX, Backend.TORCH):
@@ -114,7 +114,7 @@ def test_squashing_fun_gradient(lib: Lib) -> None:
     if lib.backend not in (Backend.JAX, Backend.TORCH) or not lib.float64:
         pytest.skip("needs a framework with autodiff, in float64")
     xp = lib.xp
-    squash = lambda z: 1.0 / (1.0 + xp.exp(-2.0 * z))  # noqa: E731
+    squash = lambda z: 1.0 / (1.0 + xp.exp(-2.0 * z))
     kw = {**TIGHT, "epsilon": 0.1, "squashing_fun": squash}
     cot = RNG.normal(size=X.shape)
     _, grad = value_and_vjp(lib, softsort.ranks, X, cot, kw)

@@ -6,9 +6,9 @@ import functools
 
 import numpy as np
 import pytest
-from conftest import available
 
 import softsort
+from conftest import available
 
 pytestmark = pytest.mark.skipif(not available("jax"), reason="JAX backend not enabled")
 jax = pytest.importorskip("jax")
@@ -70,7 +70,7 @@ def test_backward_memory_does_not_grow_with_iterations() -> None:
     x = jnp.asarray(X)
 
     def temp_bytes(max_iterations: int) -> int:
-        f = lambda a: jnp.sum(softsort.ranks(a, epsilon=1e-4, max_iterations=max_iterations, threshold=1e-12))  # noqa: E731
+        f = lambda a: jnp.sum(softsort.ranks(a, epsilon=1e-4, max_iterations=max_iterations, threshold=1e-12))
         analysis = jax.jit(jax.grad(f)).lower(x).compile().memory_analysis()
         return int(analysis.temp_size_in_bytes)
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from array_api_extra.testing import lazy_xp_function
-from conftest import Backend, Lib
 
 import softsort
+from conftest import Backend, Lib
 from softsort import quantile, quantile_normalization, quantize, ranks, sort, sort_with, topk_mask
 
 for _f in (sort, ranks, quantile, topk_mask, quantize, quantile_normalization, sort_with):
@@ -23,6 +23,8 @@ TIGHT = {"threshold": 1e-6, "max_iterations": 20000}
 def tight(lib: Lib) -> dict:
     """A threshold each precision can reach."""
     return {"threshold": 1e-5 if lib.float64 else 1e-4, "max_iterations": 20000}
+
+
 X5 = [1.0, 5.0, 4.0, 8.0, 12.0]
 
 
@@ -248,7 +250,7 @@ def test_transport_for_sort_result(lib: Lib) -> None:
     errors = lib.to_numpy(out.errors)
     iters = lib.to_numpy(out.iterations)
     assert iters.shape == (2,)
-    for row, it in zip(errors, iters):
+    for row, it in zip(errors, iters, strict=True):
         assert it % 10 == 0
         assert it > 0
         assert np.all(row[: it // 10] >= 0)

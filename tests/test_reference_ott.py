@@ -20,7 +20,7 @@ jnp = jax.numpy
 
 TIGHT = {"threshold": 1e-10, "max_iterations": 100000}
 RNG = np.random.default_rng(20191)
-IDENTITY = lambda z: z  # noqa: E731
+IDENTITY = lambda z: z
 
 
 @pytest.fixture(autouse=True)
@@ -30,7 +30,9 @@ def _x64():
 
 
 def _ott(fun, x, **kw):
-    return np.asarray(fun(jnp.asarray(x), **{k: jnp.asarray(v) if isinstance(v, np.ndarray) else v for k, v in kw.items()}))
+    return np.asarray(
+        fun(jnp.asarray(x), **{k: jnp.asarray(v) if isinstance(v, np.ndarray) else v for k, v in kw.items()})
+    )
 
 
 CASES = [

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import available
 
 import softsort
+from conftest import available
 
 pytestmark = pytest.mark.skipif(not available("torch"), reason="PyTorch backend not enabled")
 torch = pytest.importorskip("torch")
@@ -24,7 +24,7 @@ def test_func_vmap_equals_batched(op) -> None:
 
 def test_func_grad_equals_autograd() -> None:
     w = torch.asarray(np.random.default_rng(1).normal(size=12))
-    f = lambda a: torch.sum(w * softsort.ranks(a, epsilon=0.1))  # noqa: E731
+    f = lambda a: torch.sum(w * softsort.ranks(a, epsilon=0.1))
     g_func = torch.func.grad(f)(X[0])
     x = X[0].clone().requires_grad_(True)
     f(x).backward()

@@ -30,7 +30,7 @@ def _dense_solve(xp: Any, mat: Any, rhs: Any) -> Any:
 def _cg_solve(backend: Any, config: SolverConfig, matvec: Any, diag: Any, rhs: Any) -> Any:
     """Jacobi-preconditioned conjugate gradients, batched, jit-safe (fixed-shape state)."""
     xp = backend.xp
-    dot = lambda p, q: xp.sum(p * q, axis=-1, keepdims=True)  # noqa: E731
+    dot = lambda p, q: xp.sum(p * q, axis=-1, keepdims=True)
     x = xp.zeros_like(rhs)
     r = rhs
     zr = r / diag
@@ -60,9 +60,7 @@ def _cg_solve(backend: Any, config: SolverConfig, matvec: Any, diag: Any, rhs: A
     return x
 
 
-def plan_vjp(
-    backend: Any, config: SolverConfig, plan: Any, eps: Any, cot: Any
-) -> tuple[Any, Any, Any]:
+def plan_vjp(backend: Any, config: SolverConfig, plan: Any, eps: Any, cot: Any) -> tuple[Any, Any, Any]:
     """Cotangents of the cost matrix and of the target weights, given ``cot = dL/dP``.
 
     Returns ``(dL/dC, dL/da, dL/db)``; the weight cotangents are centred to sum to zero.
@@ -99,9 +97,7 @@ def plan_vjp(
     # the weights keeps the solve finite there and changes well-posed solutions by
     # O(sqrt(machine eps)).
     ridge = (float(xp.finfo(plan.dtype).eps) ** 0.5) * pin
-    use_dense = config.implicit_solver == "dense" or (
-        config.implicit_solver == "auto" and k <= config.dense_limit
-    )
+    use_dense = config.implicit_solver == "dense" or (config.implicit_solver == "auto" and k <= config.dense_limit)
     if use_dense:
         eye = xp.eye(k, dtype=plan.dtype, device=device(plan))
         schur = small[..., None] * eye - p_sb @ (p_bs / big[..., None])

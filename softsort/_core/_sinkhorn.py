@@ -44,9 +44,7 @@ def plan_from_potentials(backend: Any, f: Any, g: Any, cost: Any, eps: Any) -> A
     return xp.exp((f[..., :, None] + g[..., None, :] - cost) / eps[..., None, None])
 
 
-def solve(
-    backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any
-) -> SinkhornOutput:
+def solve(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any) -> SinkhornOutput:
     """Run Sinkhorn until the L1 error of the target marginal is below the threshold.
 
     ``z`` and ``a`` are (B, n), ``b`` is (B, m) (weights: rows sum to one), ``eps`` is

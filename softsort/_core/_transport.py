@@ -40,9 +40,7 @@ def _fwd(static: Static, z: Any, a: Any, b: Any, eps: Any) -> tuple[Any, ...]:
     return plan, out.f, out.g, out.errors, out.iterations, out.final_error
 
 
-def _bwd(
-    static: Static, inputs: tuple[Any, ...], outputs: tuple[Any, ...], cts: tuple[Any, ...]
-) -> tuple[Any, ...]:
+def _bwd(static: Static, inputs: tuple[Any, ...], outputs: tuple[Any, ...], cts: tuple[Any, ...]) -> tuple[Any, ...]:
     backend, config = static
     xp = backend.xp
     z, _, b, eps = inputs
@@ -71,9 +69,7 @@ def transport(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: A
     return Transport(plan, stop(f), stop(g), stop(errors), iterations, stop(final_error))
 
 
-def transport_vjp(
-    backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any
-) -> tuple[Transport, Any]:
+def transport_vjp(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any) -> tuple[Transport, Any]:
     """Eager forward plus a pull-back ``dL/dP -> (dL/dz, dL/da, dL/db)`` (for softsort.vjp)."""
     static = (backend, config)
     inputs = (z, a, b, eps)

@@ -11,7 +11,6 @@ import functools
 from typing import Any
 
 from .. import _compat
-
 from ._base import Backend
 
 __all__ = ["Backend", "get_backend"]

@@ -45,9 +45,7 @@ class Backend:
         return not is_lazy_array(x)
 
     # -- control flow -----------------------------------------------------------------
-    def while_loop(
-        self, cond: Callable[[State], Any], body: Callable[[State], State], state: State
-    ) -> State:
+    def while_loop(self, cond: Callable[[State], Any], body: Callable[[State], State], state: State) -> State:
         """Run ``body`` while ``cond`` holds; ``cond`` returns a 0-d boolean array."""
         while bool(cond(state)):
             state = body(state)
@@ -112,4 +110,3 @@ class Backend:
         """Native log-sum-exp, or ``None`` to use the core's portable one."""
         del x, axis
         return None
-

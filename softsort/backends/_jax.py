@@ -42,7 +42,9 @@ class JaxBackend(Backend):
     def stop_gradient(self, x: Any) -> Any:
         return jax.lax.stop_gradient(x)
 
-    def custom_vjp(self, fwd: Callable[..., Any], bwd: Callable[..., Any], differentiable_outputs: int) -> Callable[..., Any]:
+    def custom_vjp(
+        self, fwd: Callable[..., Any], bwd: Callable[..., Any], differentiable_outputs: int
+    ) -> Callable[..., Any]:
         @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
         def f(static: Any, *inputs: Any) -> Any:
             return fwd(static, *inputs)
@@ -54,7 +56,7 @@ class JaxBackend(Backend):
         def f_bwd(static: Any, res: Any, cts: Any) -> Any:
             inputs, outputs = res
             grads = bwd(static, inputs, outputs, tuple(cts[:differentiable_outputs]))
-            return tuple(jnp.zeros_like(x) if g is None else g for x, g in zip(inputs, grads))
+            return tuple(jnp.zeros_like(x) if g is None else g for x, g in zip(inputs, grads, strict=True))
 
         f.defvjp(f_fwd, f_bwd)
         return f

@@ -40,7 +40,7 @@ class _Plan(torch.autograd.Function):
     def vmap(info: Any, in_dims: Any, fwd: Any, bwd: Any, nout: int, static: Any, *inputs: Any) -> Any:
         size = info.batch_size
         folded = []
-        for x, dim in zip(inputs, in_dims[4:]):
+        for x, dim in zip(inputs, in_dims[4:], strict=True):
             x = x.expand(size, *x.shape) if dim is None else x.movedim(dim, 0)
             folded.append(x.reshape(size * x.shape[1], *x.shape[2:]))
         outputs = _Plan.apply(fwd, bwd, nout, static, *folded)
@@ -68,7 +68,9 @@ class TorchBackend(Backend):
     def stop_gradient(self, x: Any) -> Any:
         return x.detach()
 
-    def custom_vjp(self, fwd: Callable[..., Any], bwd: Callable[..., Any], differentiable_outputs: int) -> Callable[..., Any]:
+    def custom_vjp(
+        self, fwd: Callable[..., Any], bwd: Callable[..., Any], differentiable_outputs: int
+    ) -> Callable[..., Any]:
         def f(static: Any, *inputs: Any) -> Any:
             return _Plan.apply(fwd, bwd, differentiable_outputs, static, *inputs)
 
