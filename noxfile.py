@@ -16,14 +16,14 @@ TORCH_CPU = "torch==2.13.0"
 PYTEST = ("pytest", "-q", "-p", "no:cacheprovider")
 
 
-def _install(session: nox.Session, *extra: str) -> None:
-    session.install("-e", ".[test]", *extra)
+def _install(session: nox.Session, *extra: str, extras: str = "test") -> None:
+    session.install("-e", f".[{extras}]", *extra)
 
 
 @nox.session(name="tests-numpy", tags=["ci"])
 def tests_numpy(session: nox.Session) -> None:
     """NumPy backend (the default) plus import hygiene and doctests."""
-    _install(session, ".[examples]")
+    _install(session, extras="test,examples")
     session.run(*PYTEST, "softsort", "tests", *session.posargs, env={"SOFTSORT_TEST_BACKENDS": "numpy"})
 
 
@@ -37,7 +37,7 @@ def tests_strict(session: nox.Session) -> None:
 @nox.session(name="tests-jax", tags=["ci"])
 def tests_jax(session: nox.Session) -> None:
     """JAX in float64 (x64 enabled), jit/vmap/grad, two host CPU devices."""
-    _install(session, "jax", ".[examples]", "flax", "optax")
+    _install(session, "jax", "flax", "optax", extras="test,examples")
     env = {
         "SOFTSORT_TEST_BACKENDS": "jax",
         "JAX_ENABLE_X64": "1",
@@ -49,7 +49,7 @@ def tests_jax(session: nox.Session) -> None:
 @nox.session(name="tests-torch", tags=["ci"])
 def tests_torch(session: nox.Session) -> None:
     """PyTorch CPU: autograd, torch.func, dtypes."""
-    _install(session, TORCH_CPU, ".[examples]")
+    _install(session, TORCH_CPU, extras="test,examples")
     session.run(*PYTEST, "tests", *session.posargs, env={"SOFTSORT_TEST_BACKENDS": "torch"})
 
 

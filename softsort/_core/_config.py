@@ -16,6 +16,8 @@ class SolverConfig:
     max_iterations: int = 2000
     inner_iterations: int = 10
     implicit_diff: bool = True
+    #: Iterate in kernel space between log-domain steps (see _sinkhorn._kernel_block).
+    kernel_steps: bool = True
     #: "adaptive" over-relaxation, or a fixed factor in [1, 2) (1 = plain Sinkhorn).
     momentum: str | float = "adaptive"
     #: "auto" (dense up to ``dense_limit`` unknowns, conjugate gradients beyond), "dense", "cg".

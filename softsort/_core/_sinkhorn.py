@@ -84,24 +84,28 @@ def solve(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any) 
         # Rows already below the threshold (or diverged) are frozen, exactly as under
         # jax.vmap: a row's result does not depend on the rest of its batch.
         active = last_err >= config.threshold
-        f, g = f0, g0
-        for j in range(inner):
-            g_new = g_update(f)
-            if j < inner - 1:  # over-relax all but the last step: rows are exact at checks
-                g_new = g + omega * (g_new - g)
-            f_new = f_update(g_new)
-            if j < inner - 1:
-                f_new = f + omega * (f_new - f)
-            if max_it % inner:  # the last block may be partial: keep max_iterations exact
-                keep = (it + j) < max_it
-                g_new = xp.where(keep, g_new, g)
-                f_new = xp.where(keep, f_new, f)
-            f, g = f_new, g_new
+        if config.kernel_steps and inner > 1:
+            f, g, err = _kernel_block(xp, f0, g0, it, omega, a, b, cost, eps, inner, max_it, g_update, f_update)
+        else:
+            f, g = f0, g0
+            for j in range(inner):
+                g_new = g_update(f)
+                if j < inner - 1:  # over-relax all but the last step: rows are exact at checks
+                    g_new = g + omega * (g_new - g)
+                f_new = f_update(g_new)
+                if j < inner - 1:
+                    f_new = f + omega * (f_new - f)
+                if max_it % inner:  # the last block may be partial: keep max_iterations exact
+                    keep = (it + j) < max_it
+                    g_new = xp.where(keep, g_new, g)
+                    f_new = xp.where(keep, f_new, f)
+                f, g = f_new, g_new
+            err = marginal_error(f, g)
         f = xp.where(active[..., None], f, f0)
         g = xp.where(active[..., None], g, g0)
         # Diagnostics and step sizes steer the loop only: never differentiated (unrolled
         # differentiation through 0 ** (1/inner) and sqrt(0) would give NaN).
-        err = backend.stop_gradient(marginal_error(f, g))
+        err = backend.stop_gradient(err)
         k = it // inner
         errors = xp.where((check_ids == k) & active[..., None], err[..., None], errors)
         if adaptive:
@@ -133,6 +137,68 @@ def solve(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any) 
         state = backend.bounded_while_loop(cond, body, state, num_checks)
     f, g, errors, _, _, last_err, row_it = state
     return SinkhornOutput(f, g, errors, row_it, last_err)
+
+
+def _kernel_block(
+    xp: Any,
+    f: Any,
+    g: Any,
+    it: Any,
+    omega: Any,
+    a: Any,
+    b: Any,
+    cost: Any,
+    eps: Any,
+    inner: int,
+    max_it: int,
+    g_update: Any,
+    f_update: Any,
+) -> tuple[Any, Any, Any]:
+    """One block of ``inner`` iterations: one log-domain step, the rest in kernel space.
+
+    The log-domain step makes the Gibbs kernel ``K = exp((f + g - C) / eps)`` the current
+    plan, so its entries are at most the input weights and no significant one underflows
+    (this is the absorption of the potentials into the kernel, done every block). The
+    remaining steps are matrix-vector products on ``K`` with scalings ``u, v`` that start
+    at one; at the end the scalings are absorbed back, ``f += eps log u``. One ``exp`` of
+    the ``n x m`` array per block instead of two log-sum-exps per iteration; the iterates
+    are those of log-domain Sinkhorn (same fixed point, same over-relaxation).
+    Returns ``(f, g, error)``, the error being the L1 distance of the column sums to ``b``.
+    """
+    eps_col = eps[..., None]
+
+    def relax(old: Any, new: Any, j: int) -> Any:
+        return old + omega * (new - old) if j < inner - 1 else new
+
+    def partial(old: Any, new: Any, j: int) -> Any:
+        return xp.where((it + j) < max_it, new, old) if max_it % inner else new
+
+    g_new = partial(g, relax(g, g_update(f), 0), 0)
+    f = partial(f, relax(f, f_update(g_new), 0), 0)
+    g = g_new
+    kernel = xp.exp((f[..., :, None] + g[..., None, :] - cost) / eps[..., None, None])
+    kernel_t = xp.matrix_transpose(kernel)
+    log_u = xp.zeros_like(f)
+    log_v = xp.zeros_like(g)
+    u, v = xp.ones_like(f), xp.ones_like(g)
+    tiny = xp.finfo(f.dtype).smallest_normal
+
+    def mv(mat: Any, vec: Any) -> Any:
+        return (mat @ vec[..., None])[..., 0]
+
+    for j in range(1, inner):
+        # v <- b / (K^T u), over-relaxed in log space: log v += omega (log v_new - log v)
+        ktu = mv(kernel_t, u)
+        step_v = xp.log(b) - xp.log(xp.where(ktu > tiny, ktu, xp.full_like(ktu, tiny)))
+        log_v = partial(log_v, relax(log_v, step_v, j), j)
+        v = xp.exp(log_v)
+        kv = mv(kernel, v)
+        step_u = xp.log(a) - xp.log(xp.where(kv > tiny, kv, xp.full_like(kv, tiny)))
+        log_u = partial(log_u, relax(log_u, step_u, j), j)
+        u = xp.exp(log_u)
+    column = v * mv(kernel_t, u)
+    err = xp.sum(xp.abs(column - b), axis=-1)
+    return f + eps_col * log_u, g + eps_col * log_v, err
 
 
 #: Highest over-relaxation the adaptive rule picks (2 is the limit of convergence).
