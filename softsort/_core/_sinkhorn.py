@@ -182,6 +182,10 @@ def _kernel_block(
     log_v = xp.zeros_like(g)
     u, v = xp.ones_like(f), xp.ones_like(g)
     tiny = xp.finfo(f.dtype).smallest_normal
+    # Within a block the scalings stay moderate unless a column or row of K underflows
+    # entirely (far from the fixed point, amplified by over-relaxation); capping their
+    # logs keeps u, v and K u finite, and the next block's log-domain step repairs the path.
+    cap = 0.25 * math.log(xp.finfo(f.dtype).max)
 
     def mv(mat: Any, vec: Any) -> Any:
         return (mat @ vec[..., None])[..., 0]
@@ -190,11 +194,11 @@ def _kernel_block(
         # v <- b / (K^T u), over-relaxed in log space: log v += omega (log v_new - log v)
         ktu = mv(kernel_t, u)
         step_v = xp.log(b) - xp.log(xp.where(ktu > tiny, ktu, xp.full_like(ktu, tiny)))
-        log_v = partial(log_v, relax(log_v, step_v, j), j)
+        log_v = xp.clip(partial(log_v, relax(log_v, step_v, j), j), -cap, cap)
         v = xp.exp(log_v)
         kv = mv(kernel, v)
         step_u = xp.log(a) - xp.log(xp.where(kv > tiny, kv, xp.full_like(kv, tiny)))
-        log_u = partial(log_u, relax(log_u, step_u, j), j)
+        log_u = xp.clip(partial(log_u, relax(log_u, step_u, j), j), -cap, cap)
         u = xp.exp(log_u)
     column = v * mv(kernel_t, u)
     err = xp.sum(xp.abs(column - b), axis=-1)

@@ -59,7 +59,10 @@ class JaxBackend(Backend):
             return tuple(jnp.zeros_like(x) if g is None else g for x, g in zip(inputs, grads, strict=True))
 
         f.defvjp(f_fwd, f_bwd)
-        return f
+        # jit with the (hashable) configuration static: eager calls reuse one compiled
+        # solver per configuration and shapes instead of re-tracing the while loop each
+        # call (0.6 s and ~8 MB per eager call otherwise). Under an outer jit it inlines.
+        return jax.jit(f, static_argnums=0)
 
     def logsumexp(self, x: Any, axis: int) -> Any:
         return jax.nn.logsumexp(x, axis=axis)
