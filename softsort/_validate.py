@@ -22,6 +22,7 @@ _SOLVER_OPTIONS = {
     "implicit_diff": True,
     "implicit_solver": "auto",
     "momentum": "adaptive",
+    "memory_budget": 2**30,
 }
 OPTION_NAMES = ("epsilon", "squashing_fun", *_SOLVER_OPTIONS)
 _IMPLICIT_SOLVERS = ("auto", "dense", "cg")
@@ -178,6 +179,7 @@ def options(fname: str, given: dict[str, Any]) -> tuple[Any, Any, SolverConfig]:
             msg = f"{fname}() option 'momentum' must be in [1, 2) (1 = plain Sinkhorn), got {momentum!r}"
             raise ValueError(msg)
         momentum = float(momentum)
+    budget = as_int(fname, "memory_budget", merged["memory_budget"], 1)
     config = SolverConfig(
         threshold=float(threshold),
         max_iterations=max_it,
@@ -185,6 +187,7 @@ def options(fname: str, given: dict[str, Any]) -> tuple[Any, Any, SolverConfig]:
         implicit_diff=implicit,
         implicit_solver=solver,
         momentum=momentum,
+        memory_budget=budget,
     )
     return epsilon, squash, config
 

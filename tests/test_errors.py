@@ -38,6 +38,7 @@ X = [1.0, 5.0, 4.0, 8.0, 12.0]
         (lambda L, x: softsort.sort(x, inner_iterations=-1), ValueError, "'inner_iterations'"),
         (lambda L, x: softsort.sort(x, squashing_fun=3), TypeError, "'squashing_fun' must be callable"),
         (lambda L, x: softsort.sort(x, momentum=2.5), ValueError, "'momentum'"),
+        (lambda L, x: softsort.sort(x, memory_budget=0), ValueError, "'memory_budget' must be >= 1"),
         (lambda L, x: softsort.sort(x, lse_mode=True), TypeError, "unexpected keyword argument\\(s\\) 'lse_mode'"),
         (lambda L, x: softsort.ranks(x, target_weights=L.asarray([0.5, 0.6])), ValueError, "must sum to 1"),
         (

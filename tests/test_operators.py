@@ -255,3 +255,23 @@ def test_transport_for_sort_result(lib: Lib) -> None:
         assert it > 0
         assert np.all(row[: it // 10] >= 0)
         assert np.all(row[it // 10 :] == -1)
+
+
+def test_memory_budget_chunks_the_batch(lib: Lib) -> None:
+    """A batch over the memory budget is solved in chunks of rows: same result."""
+    x = lib.asarray(sample(12, (9,), seed=11))
+    small = 5 * 12 * 12 * 8 * 2  # about two rows per chunk
+    for f in (softsort.sort, softsort.ranks, lambda a, **k: quantile(a, 0.5, **k)):
+        close(lib, f(x, memory_budget=small), lib.to_numpy(f(x)), atol=1e-12)
+    t = softsort.transport_for_sort(x, memory_budget=small)
+    assert t.plan.shape == (9, 12, 12)
+    assert t.iterations.shape == (9,)
+
+
+def test_memory_budget_chunks_the_vjp() -> None:
+    x = sample(12, (9,), seed=12)
+    cot = sample(12, (9,), seed=13)
+    out_a, pull_a = softsort.vjp(softsort.sort, x)
+    out_b, pull_b = softsort.vjp(softsort.sort, x, memory_budget=5 * 12 * 12 * 8 * 2)
+    np.testing.assert_array_equal(out_a, out_b)
+    np.testing.assert_array_equal(pull_a(cot), pull_b(cot))

@@ -23,6 +23,8 @@ class SolverConfig:
     #: "auto" (dense up to ``dense_limit`` unknowns, conjugate gradients beyond), "dense", "cg".
     implicit_solver: str = "auto"
     dense_limit: int = 1024
+    #: Bytes one call may use; larger batches are solved in chunks of rows.
+    memory_budget: int = 2**30
     cg_tol: float = 1e-6
     cg_max_iterations: int = 500
 

@@ -191,6 +191,27 @@ def _problem(backend: Any, op: Operator, criterion: Any, eps: Any) -> tuple[Any,
     return prep, a, b, eps
 
 
+#: Peak memory of a forward and backward pass, in units of one ``n x m`` array per row
+#: (measured: NumPy forward 3.2, JAX forward 2.2, JAX gradient 4.1).
+PEAK_ARRAYS_PER_ROW = 5
+
+
+def chunks(backend: Any, op: Operator, criterion: Any, config: SolverConfig) -> list[tuple[int, int]]:
+    """Row ranges whose problems fit ``config.memory_budget`` together (one range if all fit)."""
+    xp = backend.xp
+    batch, n = criterion.shape[0], criterion.shape[-1]
+    m = op.prepare(xp, n, criterion).b.shape[-1]
+    per_row = PEAK_ARRAYS_PER_ROW * n * m * (xp.finfo(criterion.dtype).bits // 8)
+    rows = max(1, config.memory_budget // per_row)
+    return [(start, min(start + rows, batch)) for start in range(0, max(batch, 1), rows)]
+
+
+def _concat_runs(xp: Any, runs: list[tuple[Any, Transport]]) -> tuple[Any, Transport]:
+    out = xp.concat([r[0] for r in runs], axis=0)
+    fields = zip(*(r[1] for r in runs), strict=True)
+    return out, Transport(*(xp.concat(list(parts), axis=0) for parts in fields))
+
+
 def run(
     backend: Any,
     op: Operator,
@@ -200,8 +221,16 @@ def run(
     squash: Callable[[Any], Any] | None,
     config: SolverConfig,
 ) -> tuple[Any, Transport]:
-    """Forward pass, differentiable by the framework (the plan by its implicit VJP)."""
+    """Forward pass, differentiable by the framework (the plan by its implicit VJP).
+
+    A batch larger than ``config.memory_budget`` is solved in chunks of rows, one after
+    the other; rows are independent problems, so the result is the same.
+    """
     xp = backend.xp
+    spans = chunks(backend, op, criterion, config)
+    if len(spans) > 1:
+        runs = [run(backend, op, values[s:e, ...], criterion[s:e, ...], eps, squash, config) for s, e in spans]
+        return _concat_runs(xp, runs)
     prep, a, b, eps = _problem(backend, op, criterion, eps)
     z = default_squash(xp, criterion) if squash is None else squash(criterion)
     t = transport(backend, config, z, a, b, eps)
@@ -215,9 +244,20 @@ def run_vjp(
     criterion: Any,
     eps: Any,
     config: SolverConfig,
+    same: bool | None = None,
 ) -> tuple[Any, Transport, Callable[[Any], Any]]:
     """Eager forward and a pull-back to ``values`` (default squashing; for softsort.vjp)."""
     xp = backend.xp
+    same = values is criterion if same is None else same  # differentiate the criterion too?
+    spans = chunks(backend, op, criterion, config)
+    if len(spans) > 1:
+        parts = [run_vjp(backend, op, values[s:e, ...], criterion[s:e, ...], eps, config, same) for s, e in spans]
+        out, t = _concat_runs(xp, [(p[0], p[1]) for p in parts])
+
+        def chunked_pullback(cot: Any) -> Any:
+            return xp.concat([p[2](cot[s:e, ...]) for p, (s, e) in zip(parts, spans, strict=True)], axis=0)
+
+        return out, t, chunked_pullback
     prep, a, b, eps = _problem(backend, op, criterion, eps)
     z = default_squash(xp, criterion)
     t, plan_pullback = transport_vjp(backend, config, z, a, b, eps)
@@ -227,7 +267,7 @@ def run_vjp(
         d_plan, d_values = op.readout_vjp(xp, t.plan, values, b, prep.aux, cot)
         d_z = plan_pullback(d_plan)[0]
         d_crit = default_squash_vjp(xp, criterion, d_z)
-        if values is criterion:
+        if same:
             return d_crit if d_values is None else d_values + d_crit
         return xp.zeros_like(values) if d_values is None else d_values
 
