@@ -92,6 +92,18 @@ def docs(session: nox.Session) -> None:
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html", *session.posargs)
 
 
+@nox.session(name="docs-check", tags=["ci"])
+def docs_check(session: nox.Session) -> None:
+    """Fast docs check for CI: the whole site with warnings as errors, gallery not executed.
+
+    `nox -s docs` is the full build that executes every example (training included).
+    """
+    session.install("-e", ".[docs]")
+    session.run(
+        "sphinx-build", "-W", "--keep-going", "-q", "-D", "plot_gallery=0", "-b", "html", "docs", "docs/_build/check"
+    )
+
+
 @nox.session
 def bench(session: nox.Session) -> None:
     """softsort (JAX, NumPy, PyTorch) vs OTT-JAX and torchsort, side by side."""
