@@ -176,8 +176,11 @@ def _kernel_block(
     g_new = partial(g, relax(g, g_update(f), 0), 0)
     f = partial(f, relax(f, f_update(g_new), 0), 0)
     g = g_new
-    kernel = xp.exp((f[..., :, None] + g[..., None, :] - cost) / eps[..., None, None])
-    kernel_t = xp.matrix_transpose(kernel)
+    # Entries below the smallest normal float are flushed to zero: they carry no mass, and
+    # denormal operands slow down the matrix products of many CPU BLAS kernels.
+    log_kernel = (f[..., :, None] + g[..., None, :] - cost) / eps[..., None, None]
+    log_tiny = math.log(xp.finfo(f.dtype).smallest_normal)
+    kernel = xp.where(log_kernel > log_tiny, xp.exp(log_kernel), xp.zeros_like(log_kernel))
     log_u = xp.zeros_like(f)
     log_v = xp.zeros_like(g)
     u, v = xp.ones_like(f), xp.ones_like(g)
@@ -185,22 +188,25 @@ def _kernel_block(
     # Within a block the scalings stay moderate unless a column or row of K underflows
     # entirely (far from the fixed point, amplified by over-relaxation); capping their
     # logs keeps u, v and K u finite, and the next block's log-domain step repairs the path.
-    cap = 0.25 * math.log(xp.finfo(f.dtype).max)
+    cap = 0.9 * math.log(xp.finfo(f.dtype).max)
 
-    def mv(mat: Any, vec: Any) -> Any:
-        return (mat @ vec[..., None])[..., 0]
+    def mv(vec: Any) -> Any:  # K v
+        return (kernel @ vec[..., None])[..., 0]
+
+    def vm(vec: Any) -> Any:  # K^T u, computed as u^T K on the contiguous kernel
+        return (vec[..., None, :] @ kernel)[..., 0, :]
 
     for j in range(1, inner):
         # v <- b / (K^T u), over-relaxed in log space: log v += omega (log v_new - log v)
-        ktu = mv(kernel_t, u)
+        ktu = vm(u)
         step_v = xp.log(b) - xp.log(xp.where(ktu > tiny, ktu, xp.full_like(ktu, tiny)))
         log_v = xp.clip(partial(log_v, relax(log_v, step_v, j), j), -cap, cap)
         v = xp.exp(log_v)
-        kv = mv(kernel, v)
+        kv = mv(v)
         step_u = xp.log(a) - xp.log(xp.where(kv > tiny, kv, xp.full_like(kv, tiny)))
         log_u = xp.clip(partial(log_u, relax(log_u, step_u, j), j), -cap, cap)
         u = xp.exp(log_u)
-    column = v * mv(kernel_t, u)
+    column = v * vm(u)
     err = xp.sum(xp.abs(column - b), axis=-1)
     return f + eps_col * log_u, g + eps_col * log_v, err
 
