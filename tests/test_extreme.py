@@ -229,12 +229,28 @@ def test_large_batch_runs_finite(lib: Lib) -> None:
         (lambda L, x: softsort.topk_mask(L.asarray([1.0, np.nan, 3.0]), 1), ValueError, "non-finite"),
         (lambda L, x: softsort.quantize(L.asarray([np.inf, 3.0])), ValueError, "non-finite"),
         (lambda L, x: softsort.transport_for_sort(L.asarray([np.nan, 3.0])), ValueError, "non-finite"),
-        (lambda L, x: softsort.sort_with(L.asarray([[1.0, np.nan], [2.0, 3.0]]), L.asarray([1.0, 2.0])), ValueError, "'x' holds 1 non-finite"),
-        (lambda L, x: softsort.quantile_normalization(x, L.asarray([np.nan, 1.0])), ValueError, "'targets' holds 1 non-finite"),
-        (lambda L, x: softsort.quantile_normalization(x, L.asarray(np.ones((2, 2)))), ValueError, "'targets' must be a non-empty 1-D"),
+        (
+            lambda L, x: softsort.sort_with(L.asarray([[1.0, np.nan], [2.0, 3.0]]), L.asarray([1.0, 2.0])),
+            ValueError,
+            "'x' holds 1 non-finite",
+        ),
+        (
+            lambda L, x: softsort.quantile_normalization(x, L.asarray([np.nan, 1.0])),
+            ValueError,
+            "'targets' holds 1 non-finite",
+        ),
+        (
+            lambda L, x: softsort.quantile_normalization(x, L.asarray(np.ones((2, 2)))),
+            ValueError,
+            "'targets' must be a non-empty 1-D",
+        ),
         (lambda L, x: softsort.quantile(L.asarray(np.ones((3, 4))), 0.5, axis=(0, 0)), ValueError, "repeats an axis"),
         (lambda L, x: softsort.quantile(L.asarray(np.ones((3, 4))), 0.5, axis=()), ValueError, "at least one axis"),
-        (lambda L, x: softsort.quantile(x, L.asarray(np.full((2, 2), 0.5))), ValueError, "'q' must be a number or a 1-D"),
+        (
+            lambda L, x: softsort.quantile(x, L.asarray(np.full((2, 2), 0.5))),
+            ValueError,
+            "'q' must be a number or a 1-D",
+        ),
         (lambda L, x: softsort.quantile(x, L.asarray(np.zeros((0,)))), ValueError, "'q' must hold at least one"),
         (lambda L, x: softsort.quantile(x, float("nan")), ValueError, "'q' must lie strictly"),
         (lambda L, x: softsort.quantile(x, 0.5, weight=float("nan")), ValueError, "'weight' must be finite"),
@@ -252,7 +268,11 @@ def test_large_batch_runs_finite(lib: Lib) -> None:
         (lambda L, x: softsort.sort(x, topk=True), TypeError, "'topk' must be an integer"),
         (lambda L, x: softsort.sort(L.asarray(np.ones((2, 3))), axis=(0, 1)), TypeError, "'axis' must be an integer"),
         (lambda L, x: softsort.ranks(x, num_targets=1), ValueError, "'num_targets' must be >= 2"),
-        (lambda L, x: softsort.ranks(x, num_targets=3, target_weights=L.asarray([0.5, 0.5])), ValueError, "give one or make them agree"),
+        (
+            lambda L, x: softsort.ranks(x, num_targets=3, target_weights=L.asarray([0.5, 0.5])),
+            ValueError,
+            "give one or make them agree",
+        ),
         (lambda L, x: softsort.ranks(x, target_weights=L.asarray([1.0])), ValueError, "needs at least 2 entries"),
         (lambda L, x: softsort.ranks(x, target_weights=[0.5, 0.5]), TypeError, "'target_weights' must be a 1-D array"),
         (lambda L, x: softsort.topk_mask(L.asarray([1.0]), 1), ValueError, "at least 2 values"),
@@ -260,13 +280,17 @@ def test_large_batch_runs_finite(lib: Lib) -> None:
         (lambda L, x: softsort.quantize(x, num_levels=0), ValueError, "'num_levels' must be >= 1"),
         (lambda L, x: softsort.sort_with(x, [1.0] * 5), TypeError, "'criterion' must be an array"),
         (lambda L, x: softsort.sort_with(x, x, topk=0), ValueError, "'topk' must be >= 1"),
-        (lambda L, x: softsort.transport_for_sort(x, L.asarray([0.5, 0.5])), ValueError, "'weights' must have 5 entries"),
+        (
+            lambda L, x: softsort.transport_for_sort(x, L.asarray([0.5, 0.5])),
+            ValueError,
+            "'weights' must have 5 entries",
+        ),
         (lambda L, x: softsort.transport_for_sort(x, L.asarray([0.3] * 5)), ValueError, "'weights' must sum to 1"),
         (lambda L, x: softsort.transport_for_sort(x, num_targets=0), ValueError, "'num_targets' must be >= 1"),
         (lambda L, x: softsort.vjp(softsort.sort, x, squashing_fun=lambda z: z), ValueError, "default squashing only"),
         (lambda L, x: softsort.vjp(softsort.sort, x)[1](L.asarray([1.0] * 4)), ValueError, "cotangent must have"),
     ],
-)  # fmt: skip
+)
 def test_more_bad_input_raises(lib: Lib, call, exc, match) -> None:
     x = lib.asarray(X5)
     with pytest.raises(exc, match=match):

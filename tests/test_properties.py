@@ -221,7 +221,7 @@ def test_quantiles_lie_within_min_and_max(lib: Lib, data) -> None:
 def separated(draw, lib: Lib):
     """Well separated values in [0, 1] (gaps >= 0.6 / n), as (x, axis, dtype)."""
     dtype = draw(dtypes(lib))
-    n = draw(sizes(lib))
+    n = draw(sizes(lib).filter(lambda v: v <= 8))  # eps = 1e-3 takes thousands of iterations
     batch = draw(batches(lib))
     axis = draw(st.integers(0, len(batch)))
     rows = []
@@ -236,12 +236,12 @@ def separated(draw, lib: Lib):
 HARD = {"epsilon": 1e-3, "threshold": 1e-4, "max_iterations": 20000, "squashing_fun": identity}
 
 
-@SETTINGS
+@settings(SETTINGS, max_examples=12)
 @given(data=st.data())
 def test_hard_limit_sort_and_ranks(lib: Lib, data) -> None:
     x, axis, dtype = data.draw(separated(lib))
-    out = run(lib, softsort.sort, x, dtype, axis=axis, **HARD)
+    out = run(lib, softsort.sort, x, dtype, True, axis=axis, **HARD)
     np.testing.assert_allclose(out, np.sort(x, axis=axis), atol=1e-2)
-    r = run(lib, softsort.ranks, x, dtype, axis=axis, **HARD)
+    r = run(lib, softsort.ranks, x, dtype, True, axis=axis, **HARD)
     hard = np.argsort(np.argsort(x, axis=axis), axis=axis)
     np.testing.assert_allclose(r, hard, atol=5e-2)
