@@ -17,7 +17,12 @@ import pytest
 import softsort
 from conftest import Backend, Lib, available
 
-RNG = np.random.default_rng(2024)
+
+def rng() -> np.random.Generator:
+    """A fresh generator per use: the data do not depend on which tests ran before."""
+    return np.random.default_rng(2024)
+
+
 X5 = [1.0, 5.0, 4.0, 8.0, 12.0]
 STRICT = (Backend.STRICT, Backend.STRICT_DEVICE1, Backend.STRICT_NO_FLOAT64)
 
@@ -54,7 +59,7 @@ def value_and_grad(lib: Lib, fun, x, kw: dict):
         if not floating:  # integer input: JAX differentiates floats only, values only
             return np.asarray(fun(x, **kw), dtype=np.float64), np.zeros(x.shape)
         out, pull = jax.vjp(lambda a: fun(a, **kw), x)
-        (g,) = pull(lib.xp.asarray(RNG.normal(size=out.shape), dtype=out.dtype))
+        (g,) = pull(lib.xp.asarray(rng().normal(size=out.shape), dtype=out.dtype))
         return np.asarray(out, dtype=np.float64), np.asarray(g, dtype=np.float64)
     if lib.backend is Backend.TORCH:
         import torch
@@ -63,10 +68,10 @@ def value_and_grad(lib: Lib, fun, x, kw: dict):
         out = fun(xt, **kw)
         if not floating:  # integer input: no gradient in torch, values only
             return out.double().numpy(), np.zeros(x.shape)
-        (g,) = torch.autograd.grad(out, xt, torch.asarray(RNG.normal(size=out.shape), dtype=out.dtype))
+        (g,) = torch.autograd.grad(out, xt, torch.asarray(rng().normal(size=out.shape), dtype=out.dtype))
         return out.detach().double().numpy(), g.double().numpy()
     out, pull = softsort.vjp(fun, x, **kw)
-    g = pull(lib.asarray(RNG.normal(size=out.shape), dtype=out.dtype))
+    g = pull(lib.asarray(rng().normal(size=out.shape), dtype=out.dtype))
     return lib.to_numpy(out).astype(np.float64), lib.to_numpy(g).astype(np.float64)
 
 
@@ -99,7 +104,7 @@ def test_extreme_scales_finite(lib: Lib, request, scale: float, width: int) -> N
     if width == 32 and scale == 1e30 and lib.backend in (Backend.NUMPY, *STRICT):
         # NumPy warns (RuntimeWarning: overflow) and the quantize gradient is NaN.
         _xfail(request, D1)
-    x = lib.asarray(RNG.normal(size=(3, 6)) * scale, dtype=dtype)
+    x = lib.asarray(rng().normal(size=(3, 6)) * scale, dtype=dtype)
     assert_all_finite(lib, x, dtype)
 
 
@@ -155,7 +160,7 @@ def test_constant_row_gives_the_mean_and_middle_ranks(lib: Lib) -> None:
 # -- epsilon extremes -----------------------------------------------------------------------------
 def test_tiny_epsilon_float32_finite(lib: Lib) -> None:
     """eps = 1e-6 in float32: far from converging in 2000 iterations, but never NaN."""
-    x = lib.asarray(RNG.normal(size=(3, 8)), dtype=lib.xp.float32)
+    x = lib.asarray(rng().normal(size=(3, 8)), dtype=lib.xp.float32)
     assert_all_finite(lib, x, lib.xp.float32, epsilon=1e-6)
 
 
@@ -164,7 +169,7 @@ def test_huge_epsilon_finite_and_collapses_to_mean(lib: Lib, width: int) -> None
     if width == 64 and not lib.float64:
         pytest.skip("no float64")
     dtype = lib.xp.float32 if width == 32 else lib.xp.float64
-    values = RNG.normal(size=(3, 8))
+    values = rng().normal(size=(3, 8))
     x = lib.asarray(values, dtype=dtype)
     assert_all_finite(lib, x, dtype, epsilon=1e3)
     out = lib.to_numpy(softsort.sort(x, epsilon=1e3))
@@ -187,11 +192,14 @@ def test_low_precision_finite_and_dtype_kept(lib: Lib, dtype_name: str) -> None:
     if lib.backend is Backend.TORCH:
         import torch
 
-        x = torch.asarray(RNG.normal(size=(3, 6)), dtype=dtype)
+        x = torch.asarray(rng().normal(size=(3, 6)), dtype=dtype)
     else:
-        x = lib.xp.asarray(RNG.normal(size=(3, 6)), dtype=dtype)
+        x = lib.xp.asarray(rng().normal(size=(3, 6)), dtype=dtype)
     assert softsort.sort(x).dtype == dtype
-    assert softsort.ranks(x, epsilon=1e-4).dtype == dtype
+    with warnings.catch_warnings():
+        # float16 rounding makes near-ties: at eps = 1e-4 a few rows need > 2000 iterations
+        warnings.simplefilter("ignore", softsort.ConvergenceWarning)
+        assert softsort.ranks(x, epsilon=1e-4).dtype == dtype
     assert_all_finite(lib, x, dtype)
 
 
@@ -409,25 +417,25 @@ NOT_CONVERGING = {"epsilon": 1e-4, "max_iterations": 5, "inner_iterations": 2}
 
 @pytest.mark.parametrize(("name", "fun", "kw"), operators(8), ids=[o[0] for o in operators(8)])
 def test_every_operator_warns_when_not_converged(lib: Lib, name, fun, kw) -> None:
-    x = lib.asarray(RNG.normal(size=(2, 8)))
+    x = lib.asarray(rng().normal(size=(2, 8)))
     with pytest.warns(softsort.ConvergenceWarning, match=f"{name.split('-')[0]}\\(\\).*max_iterations=5"):
         out = fun(x, **_kwargs(lib, kw, lib.float), **NOT_CONVERGING)
     assert np.all(np.isfinite(lib.to_numpy(out)))
 
 
 def test_vjp_and_sort_with_warn_when_not_converged(lib: Lib) -> None:
-    x = lib.asarray(RNG.normal(size=(2, 8)))
+    x = lib.asarray(rng().normal(size=(2, 8)))
     with pytest.warns(softsort.ConvergenceWarning, match="ranks\\(\\)"):
         softsort.vjp(softsort.ranks, x, **NOT_CONVERGING)
-    rows = lib.asarray(RNG.normal(size=(8, 3)))
+    rows = lib.asarray(rng().normal(size=(8, 3)))
     with pytest.warns(softsort.ConvergenceWarning, match="sort_with\\(\\)"):
-        softsort.sort_with(rows, lib.asarray(RNG.normal(size=8)), **NOT_CONVERGING)
+        softsort.sort_with(rows, lib.asarray(rng().normal(size=8)), **NOT_CONVERGING)
 
 
 @pytest.mark.parametrize("inner", [1, 3, 10])
 @pytest.mark.parametrize("max_iterations", [1, 7, 10, 13, 25])
 def test_max_iterations_respected(lib: Lib, max_iterations: int, inner: int) -> None:
-    x = lib.asarray(RNG.normal(size=(3, 20)))
+    x = lib.asarray(rng().normal(size=(3, 20)))
     with pytest.warns(softsort.ConvergenceWarning):
         out = softsort.transport_for_sort(x, epsilon=1e-4, max_iterations=max_iterations, inner_iterations=inner)
     its = lib.to_numpy(out.iterations)
@@ -457,7 +465,7 @@ def test_converged_rows_stop_early_and_flag_per_row(lib: Lib) -> None:
 @pytest.mark.parametrize("max_iterations", [7, 13])
 def test_jit_reports_non_convergence_by_flag(jax_x64, max_iterations: int) -> None:
     jax, _ = jax_x64
-    x = jax.numpy.asarray(RNG.normal(size=(2, 20)))
+    x = jax.numpy.asarray(rng().normal(size=(2, 20)))
     fun = functools.partial(
         softsort.transport_for_sort, epsilon=1e-4, max_iterations=max_iterations, inner_iterations=3
     )
@@ -471,7 +479,7 @@ def test_jit_reports_non_convergence_by_flag(jax_x64, max_iterations: int) -> No
 
 
 def test_not_converged_gradients_finite(lib: Lib) -> None:
-    x = lib.asarray(RNG.normal(size=(2, 8)))
+    x = lib.asarray(rng().normal(size=(2, 8)))
     assert_all_finite(lib, x, **NOT_CONVERGING)
 
 
