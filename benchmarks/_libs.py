@@ -104,12 +104,18 @@ def build(lib: str, name: str, data: Data, opts: Options) -> Runner:
 
 
 def _softsort_iterations(xp_x: Any, name: str, opts: Options, asarray: Callable[[np.ndarray], Any]) -> int:
-    """Iterations of the workload's Sinkhorn problem, via the public ``transport_for_sort``."""
+    """Iterations of the workload's Sinkhorn problem, via the public ``transport_for_sort``.
+
+    softsort counts per problem (a converged problem of a batch stops); report the largest.
+    """
     import softsort
 
     b = target_weights(name, xp_x.shape[-1])
     kw = {} if b is None else {"target_weights": asarray(b)}
-    return int(softsort.transport_for_sort(xp_x, **kw, **opts.solver()).iterations)
+    iterations = softsort.transport_for_sort(xp_x, **kw, **opts.solver()).iterations
+    if hasattr(iterations, "detach"):
+        iterations = iterations.detach().cpu()
+    return int(np.max(np.asarray(iterations)))
 
 
 # -- softsort on JAX --------------------------------------------------------------------------

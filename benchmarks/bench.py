@@ -13,7 +13,7 @@ Methods (also written to results.md):
   includes jit compilation and is reported separately); JAX results are waited for
   with ``jax.block_until_ready``.
 * iterations: Sinkhorn iterations of the workload's transport problem with the same
-  options: softsort ``transport_for_sort(...).iterations`` (one count per batch), OTT
+  options: softsort the largest of ``transport_for_sort(...).iterations`` over the batch, OTT
   the largest ``n_iters`` over the batch, read from ``ott.tools.soft_sort.transport_for_sort``
   with a ``jax.debug.callback`` (so it counts what the operator really ran, with OTT's
   sorting initializer for full sorts). For gradients, the iterations of the forward solve.
@@ -277,7 +277,7 @@ def report(cells: dict, libs: list[str], names: list[str], sweep_rows: list[dict
             ),
         ),
         "",
-        "## Sinkhorn iterations (softsort: per batch; OTT: max over the batch)",
+        "## Sinkhorn iterations (max over the batch)",
         "",
         _table(head, rows(lambda c, lib: "—" if lib == "torchsort" else _fmt(c, "iterations", "d"))),
         "",
