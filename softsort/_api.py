@@ -149,23 +149,24 @@ def _along_axis(
     options: dict[str, Any],
     make_op: Callable[[Backend, int, Any, Any], ops.Operator],
     allow_tuple: bool = False,
+    name: str = "x",
     **others: Any,
 ) -> _Call:
-    """Validate ``x`` and the options, and prepare an operator applied along ``axis``."""
-    xp = check.namespace(fname, x=x, **others)
+    """Validate ``x`` (called ``name`` in messages) and the options; prepare the operator."""
+    xp = check.namespace(fname, **{name: x}, **others)
     epsilon, squash, config = check.options(fname, options)
     backend = get_backend(xp)
     if x.ndim == 0:
-        msg = f"{fname}() argument 'x' must have at least one dimension, got a 0-d array"
+        msg = f"{fname}() argument {name!r} must have at least one dimension, got a 0-d array"
         raise ValueError(msg)
     dims = check.axes(fname, axis, x.ndim, allow_tuple)
     layout = _Layout(xp, tuple(x.shape), dims)
     if layout.n == 0:
         msg = f"{fname}() needs at least one value along axis {axis!r}, got shape {tuple(x.shape)}"
         raise ValueError(msg)
-    dtype, out_dtype = check.compute_dtype(fname, "x", xp, x)
+    dtype, out_dtype = check.compute_dtype(fname, name, xp, x)
     dev = _compat.device(x)
-    check.finite(fname, "x", backend, x)
+    check.finite(fname, name, backend, x)
     x2 = layout.flatten(xp.astype(x, dtype) if x.dtype != dtype else x)
     eps = check.epsilon_array(fname, backend, epsilon, dtype, dev)
     op = make_op(backend, layout.n, dtype, dev)
@@ -406,6 +407,11 @@ def _quantile(x: Any, /, q: Any = None, *, axis: Any = -1, weight: Any = None, *
         if check.violated(backend, xp.all((qa > 0) & (qa < 1))):
             msg = f"{fname}() argument 'q' must lie strictly between 0 and 1, got {check._short(levels)}"
             raise ValueError(msg)
+        if qa.shape[0] > 1:
+            ordered = xp.sort(qa)
+            if check.violated(backend, xp.all(ordered[1:] > ordered[:-1])):
+                msg = f"{fname}() argument 'q' must hold distinct levels, got {check._short(levels)}"
+                raise ValueError(msg)
         w = weight
         if w is not None:
             w = check.as_compute(xp, w, dtype, dev)
@@ -516,8 +522,11 @@ def _quantile_normalization(x: Any, /, targets: Any, *, weights: Any = None, axi
 
     def make(backend: Backend, n: int, dtype: Any, dev: Any) -> ops.Operator:
         xp = backend.xp
-        if not _compat.is_array_api_obj(targets) or targets.ndim != 1 or targets.shape[0] < 1:
-            msg = f"{fname}() argument 'targets' must be a non-empty 1-D array, got {check._short(targets)}"
+        if not _compat.is_array_api_obj(targets):
+            msg = f"{fname}() argument 'targets' must be a 1-D array, got {check._short(targets)}"
+            raise TypeError(msg)
+        if targets.ndim != 1 or targets.shape[0] < 1:
+            msg = f"{fname}() argument 'targets' must be a non-empty 1-D array, got shape {tuple(targets.shape)}"
             raise ValueError(msg)
         if weights is not None and tuple(weights.shape) != tuple(targets.shape):
             msg = (
@@ -602,7 +611,7 @@ def _sort_with(x: Any, /, criterion: Any, *, topk: int | None = None, **options:
     def make(backend: Backend, n: int, dtype: Any, dev: Any) -> ops.Operator:
         return ops.sort_op(k, None, rows=True)
 
-    call = _along_axis(fname, crit, -1, options, make)
+    call = _along_axis(fname, crit, -1, options, make, name="criterion")
     b = call.backend
     _, out_dtype = check.compute_dtype(fname, "x", xp, rows)
     check.finite(fname, "x", b, rows)

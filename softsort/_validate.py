@@ -213,7 +213,9 @@ def epsilon_array(fname: str, backend: Any, epsilon: Any, dtype: Any, dev: Any) 
     if violated(backend, xp.isfinite(eps) & (eps > 0)):
         msg = f"{fname}() option 'epsilon' must be finite and > 0, got {float(eps)!r}"
         raise ValueError(msg)
-    return eps
+    # Under tracing the check above cannot run: make a bad value visible as NaN output
+    # rather than a finite, meaningless result (a negative epsilon "sorts" backwards).
+    return xp.where(eps > 0, eps, xp.full_like(eps, math.nan))
 
 
 def weights(fname: str, name: str, backend: Any, w: Any, dtype: Any, dev: Any, size: int | None = None) -> Any:
@@ -237,4 +239,6 @@ def weights(fname: str, name: str, backend: Any, w: Any, dtype: Any, dev: Any, s
     if violated(backend, xp.abs(total - 1.0) <= tol):
         msg = f"{fname}() argument {name!r} must sum to 1, got a sum of {float(total)!r}"
         raise ValueError(msg)
-    return w
+    # Traced weights cannot be checked: invalid ones turn the output into NaN.
+    valid = (xp.abs(total - 1.0) <= tol) & xp.all(w > 0)
+    return xp.where(valid, w, xp.full_like(w, math.nan))

@@ -232,7 +232,11 @@ def run(
         runs = [run(backend, op, values[s:e, ...], criterion[s:e, ...], eps, squash, config) for s, e in spans]
         return _concat_runs(xp, runs)
     prep, a, b, eps = _problem(backend, op, criterion, eps)
-    z = default_squash(xp, criterion) if squash is None else squash(criterion)
+    z = default_squash(backend, criterion) if squash is None else squash(criterion)
+    if tuple(z.shape) != tuple(criterion.shape):
+        shapes = f"{tuple(criterion.shape)}, got {tuple(z.shape)}"
+        msg = f"option 'squashing_fun' must return an array of the shape it receives {shapes}"
+        raise ValueError(msg)
     t = transport(backend, config, z, a, b, eps)
     return op.readout(xp, t.plan, values, b, prep.aux), t
 
@@ -259,14 +263,14 @@ def run_vjp(
 
         return out, t, chunked_pullback
     prep, a, b, eps = _problem(backend, op, criterion, eps)
-    z = default_squash(xp, criterion)
+    z = default_squash(backend, criterion)
     t, plan_pullback = transport_vjp(backend, config, z, a, b, eps)
     out = op.readout(xp, t.plan, values, b, prep.aux)
 
     def pullback(cot: Any) -> Any:
         d_plan, d_values = op.readout_vjp(xp, t.plan, values, b, prep.aux, cot)
         d_z = plan_pullback(d_plan)[0]
-        d_crit = default_squash_vjp(xp, criterion, d_z)
+        d_crit = default_squash_vjp(backend, criterion, d_z)
         if same:
             return d_crit if d_values is None else d_values + d_crit
         return xp.zeros_like(values) if d_values is None else d_values

@@ -19,32 +19,44 @@ def _sigmoid(xp: Any, s: Any) -> Any:
     return xp.where(s >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
-def _centred_std(xp: Any, x: Any) -> tuple[Any, Any]:
+def _centred_std(backend: Any, x: Any) -> tuple[Any, Any]:
+    xp = backend.xp
     centred = x - xp.mean(x, axis=-1, keepdims=True)
-    var = xp.mean(centred * centred, axis=-1, keepdims=True)
-    positive = var > 0
-    # Double where: sqrt's derivative at 0 is infinite, and inf * 0 would poison gradients.
-    std = xp.where(positive, xp.sqrt(xp.where(positive, var, xp.ones_like(var))), var)
+    # Scale by max |centred| before squaring: the variance of values near 1e20 (float32)
+    # or 1e155 (float64) would overflow, and every row would look constant. std does not
+    # depend on the scale chosen, so its gradient is stopped (exactly zero in theory, and
+    # 1 / scale**2 overflows float32 for inputs near 1e-30).
+    scale = backend.stop_gradient(xp.max(xp.abs(centred), axis=-1, keepdims=True))
+    positive = scale > 0
+    safe_scale = xp.where(positive, scale, xp.ones_like(scale))
+    unit = centred / safe_scale
+    # Double where: sqrt's derivative at 0 is infinite, and inf * 0 = NaN would leak
+    # through the unselected branch into the gradient of constant rows.
+    mean_sq = xp.mean(unit * unit, axis=-1, keepdims=True)
+    std = xp.where(positive, safe_scale * xp.sqrt(xp.where(positive, mean_sq, xp.ones_like(mean_sq))), scale)
     return centred, std
 
 
-def default_squash(xp: Any, x: Any) -> Any:
+def default_squash(backend: Any, x: Any) -> Any:
     """``sigmoid((x - mean) / (std + 1e-10))`` along the last axis (population std)."""
-    centred, std = _centred_std(xp, x)
+    xp = backend.xp
+    centred, std = _centred_std(backend, x)
     return _sigmoid(xp, centred / (std + STD_FLOOR))
 
 
-def default_squash_vjp(xp: Any, x: Any, d_z: Any) -> Any:
+def default_squash_vjp(backend: Any, x: Any, d_z: Any) -> Any:
     """Pull ``dL/dz`` back to ``dL/dx`` through :func:`default_squash`."""
+    xp = backend.xp
     n = x.shape[-1]
-    centred, std = _centred_std(xp, x)
+    centred, std = _centred_std(backend, x)
     denom = std + STD_FLOOR
     z = _sigmoid(xp, centred / denom)
     d_s = d_z * z * (1.0 - z)
     # s = centred / denom: through the centring, and through std (d std/dx = centred/(n std)).
     d_centred = d_s / denom
-    d_denom = -xp.sum(d_s * centred, axis=-1, keepdims=True) / (denom * denom)
+    s = centred / denom  # O(1) even for huge inputs: never square centred itself
+    d_denom = -xp.sum(d_s * s, axis=-1, keepdims=True) / denom
     safe_std = xp.where(std > 0, std, xp.ones_like(std))
-    d_x_std = xp.where(std > 0, d_denom * centred / (n * safe_std), xp.zeros_like(centred))
+    d_x_std = xp.where(std > 0, d_denom * (centred / safe_std) / n, xp.zeros_like(centred))
     d_x = d_centred - xp.mean(d_centred, axis=-1, keepdims=True)
     return d_x + d_x_std
