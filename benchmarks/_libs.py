@@ -129,6 +129,20 @@ def _jax_memory(jitted: Any, args: tuple[Any, ...]) -> Callable[[], tuple[int, s
     return memory
 
 
+def _softsort_forward(name: str, o: dict) -> Callable[[Any], Any] | None:
+    """The softsort call of forward workload ``name`` (W1-W6), the same on every backend."""
+    import softsort
+
+    return {
+        "W1": lambda x: softsort.sort(x, axis=-1, **o),
+        "W2": lambda x: softsort.sort(x, axis=-1, **o),
+        "W3": lambda x: softsort.ranks(x, axis=-1, **o),
+        "W4": lambda x: softsort.ranks(x, axis=-1, **o),
+        "W5": lambda x: softsort.sort(x, topk=TOPK, **o),
+        "W6": lambda x: softsort.quantile(x, 0.5, **o),
+    }.get(name)
+
+
 def _softsort_jax(name: str, data: Data, opts: Options) -> Runner:
     import jax
     import jax.numpy as jnp
@@ -138,14 +152,9 @@ def _softsort_jax(name: str, data: Data, opts: Options) -> Runner:
     o = opts.solver()
     x = jnp.asarray(data.x)
     args: tuple[Any, ...] = (x,)
-    if name in ("W1", "W2"):
-        f: Callable[..., Any] = lambda x: softsort.sort(x, axis=-1, **o)
-    elif name in ("W3", "W4"):
-        f = lambda x: softsort.ranks(x, axis=-1, **o)
-    elif name == "W5":
-        f = lambda x: softsort.sort(x, topk=TOPK, **o)
-    elif name == "W6":
-        f = lambda x: softsort.quantile(x, 0.5, **o)
+    forward = _softsort_forward(name, o)
+    if forward is not None:
+        f: Callable[..., Any] = forward
     elif name == "G1":
         onehot = jnp.asarray(data.onehot)
 
@@ -172,14 +181,9 @@ def _softsort_numpy(name: str, data: Data, opts: Options) -> Runner:
 
     o = opts.solver()
     x = data.x
-    if name in ("W1", "W2"):
-        run: Callable[[], Any] = lambda: softsort.sort(x, axis=-1, **o)
-    elif name in ("W3", "W4"):
-        run = lambda: softsort.ranks(x, axis=-1, **o)
-    elif name == "W5":
-        run = lambda: softsort.sort(x, topk=TOPK, **o)
-    elif name == "W6":
-        run = lambda: softsort.quantile(x, 0.5, **o)
+    forward = _softsort_forward(name, o)
+    if forward is not None:
+        run: Callable[[], Any] = lambda: forward(x)
     elif name == "G1":
 
         def run() -> Any:
@@ -209,14 +213,9 @@ def _softsort_torch(name: str, data: Data, opts: Options) -> Runner:
 
     o = opts.solver()
     x = torch.from_numpy(data.x)
-    if name in ("W1", "W2"):
-        run: Callable[[], Any] = lambda: softsort.sort(x, axis=-1, **o)
-    elif name in ("W3", "W4"):
-        run = lambda: softsort.ranks(x, axis=-1, **o)
-    elif name == "W5":
-        run = lambda: softsort.sort(x, topk=TOPK, **o)
-    elif name == "W6":
-        run = lambda: softsort.quantile(x, 0.5, **o)
+    forward = _softsort_forward(name, o)
+    if forward is not None:
+        run: Callable[[], Any] = lambda: forward(x)
     elif name == "G1":
         onehot = torch.from_numpy(data.onehot)
 
