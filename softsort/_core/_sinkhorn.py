@@ -85,7 +85,9 @@ def solve(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any) 
         # jax.vmap: a row's result does not depend on the rest of its batch.
         active = last_err >= config.threshold
         if config.kernel_steps and inner > 1:
-            f, g, err = _kernel_block(xp, f0, g0, it, omega, a, b, cost, eps, inner, max_it, g_update, f_update)
+            f, g, err = _kernel_block(
+                xp, f0, g0, it, omega, log_a, log_b, b, cost, eps, inner, max_it, g_update, f_update
+            )
         else:
             f, g = f0, g0
             for j in range(inner):
@@ -145,7 +147,8 @@ def _kernel_block(
     g: Any,
     it: Any,
     omega: Any,
-    a: Any,
+    log_a: Any,
+    log_b: Any,
     b: Any,
     cost: Any,
     eps: Any,
@@ -201,11 +204,11 @@ def _kernel_block(
     for j in range(1, inner):
         # v <- b / (K^T u), over-relaxed in log space: log v += omega (log v_new - log v)
         ktu = vm(u)
-        step_v = xp.log(b) - xp.log(xp.where(ktu > tiny, ktu, xp.full_like(ktu, tiny)))
+        step_v = log_b - xp.log(xp.where(ktu > tiny, ktu, xp.full_like(ktu, tiny)))
         log_v = xp.clip(partial(log_v, relax(log_v, step_v, j), j), -cap, cap)
         v = xp.exp(log_v)
         kv = mv(v)
-        step_u = xp.log(a) - xp.log(xp.where(kv > tiny, kv, xp.full_like(kv, tiny)))
+        step_u = log_a - xp.log(xp.where(kv > tiny, kv, xp.full_like(kv, tiny)))
         log_u = xp.clip(partial(log_u, relax(log_u, step_u, j), j), -cap, cap)
         u = xp.exp(log_u)
     column = v * vm(u)
