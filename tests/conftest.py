@@ -120,12 +120,6 @@ def lib(request: pytest.FixtureRequest) -> Any:
         yield lib
 
 
-@pytest.fixture
-def eager_lib(request: pytest.FixtureRequest, lib: Lib) -> Lib:
-    """Alias documenting that the test needs eager values (no jit patching expected)."""
-    return lib
-
-
 def available(name: str) -> bool:
     if name not in _enabled():
         return False

@@ -30,8 +30,6 @@ class Backend:
     """
 
     name = "generic"
-    #: Whether arrays of this library can carry gradients through the plan.
-    differentiable = False
 
     def __init__(self, xp: Any) -> None:
         self.xp = xp
@@ -65,12 +63,6 @@ class Backend:
         """
         del max_trips
         return self.while_loop(cond, body, state)
-
-    def fori_loop(self, num: int, body: Callable[[int, State], State], state: State) -> State:
-        """``state = body(i, state)`` for ``i`` in ``range(num)``."""
-        for i in range(num):
-            state = body(i, state)
-        return state
 
     # -- differentiation --------------------------------------------------------------
     def stop_gradient(self, x: Any) -> Any:

@@ -18,7 +18,6 @@ from ._base import Backend, State
 
 class JaxBackend(Backend):
     name = "jax"
-    differentiable = True
 
     def is_concrete(self, x: Any) -> bool:
         return not isinstance(x, jax.core.Tracer)
@@ -35,9 +34,6 @@ class JaxBackend(Backend):
             return jax.lax.cond(cond(s), body, lambda t: t, s)
 
         return jax.lax.fori_loop(0, max_trips, step, state)
-
-    def fori_loop(self, num: int, body: Callable[[int, State], State], state: State) -> State:
-        return jax.lax.fori_loop(0, num, body, state)
 
     def stop_gradient(self, x: Any) -> Any:
         return jax.lax.stop_gradient(x)

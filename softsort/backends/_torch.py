@@ -57,7 +57,6 @@ class _Plan(torch.autograd.Function):
 
 class TorchBackend(Backend):
     name = "torch"
-    differentiable = True
 
     def is_concrete(self, x: Any) -> bool:
         if torch.compiler.is_compiling():
