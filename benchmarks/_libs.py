@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from _workloads import MARGIN, TOPK, Data, loss_grad_numpy, target_weights
 
-LIBS = ("softsort-jax", "softsort-numpy", "softsort-torch", "ott", "ott-unrolled", "torchsort")
-JAX_LIBS = ("softsort-jax", "ott", "ott-unrolled")
+LIBS = ("softsort-jax", "softsort-jax-dual", "softsort-numpy", "softsort-torch", "ott", "ott-unrolled", "torchsort")
+JAX_LIBS = ("softsort-jax", "softsort-jax-dual", "ott", "ott-unrolled")
 
 
 class NotApplicable(Exception):
@@ -34,8 +34,14 @@ class Options:
     max_iterations: int = 2000
     inner_iterations: int = 10
     torchsort_strength: float = 1.0
+    init: str = "auto"  # softsort's start; "softsort-jax-dual" sets "dual"
+
+    def softsort(self) -> dict[str, Any]:
+        """softsort's options: the shared solver options and its start."""
+        return {**self.solver(), "init": self.init}
 
     def solver(self) -> dict[str, Any]:
+        """The Sinkhorn options softsort and OTT-JAX share."""
         return {
             "epsilon": self.epsilon,
             "threshold": self.threshold,
@@ -66,6 +72,7 @@ def available(lib: str) -> str | None:
     """``None`` when the library can run here, else the reason it cannot."""
     needs = {
         "softsort-jax": ("softsort", "jax"),
+        "softsort-jax-dual": ("softsort", "jax"),
         "softsort-numpy": ("softsort",),
         "softsort-torch": ("softsort", "torch"),
         "ott": ("ott", "jax"),
@@ -95,6 +102,7 @@ def version(module: str) -> str | None:
 def build(lib: str, name: str, data: Data, opts: Options) -> Runner:
     return {
         "softsort-jax": _softsort_jax,
+        "softsort-jax-dual": lambda n, d, o: _softsort_jax(n, d, dataclasses.replace(o, init="dual")),
         "softsort-numpy": _softsort_numpy,
         "softsort-torch": _softsort_torch,
         "ott": _ott,
@@ -112,7 +120,7 @@ def _softsort_iterations(xp_x: Any, name: str, opts: Options, asarray: Callable[
 
     b = target_weights(name, xp_x.shape[-1])
     kw = {} if b is None else {"target_weights": asarray(b)}
-    iterations = softsort.transport_for_sort(xp_x, **kw, **opts.solver()).iterations
+    iterations = softsort.transport_for_sort(xp_x, **kw, **opts.softsort()).iterations
     if hasattr(iterations, "detach"):
         iterations = iterations.detach().cpu()
     return int(np.max(np.asarray(iterations)))
@@ -149,7 +157,7 @@ def _softsort_jax(name: str, data: Data, opts: Options) -> Runner:
 
     import softsort
 
-    o = opts.solver()
+    o = opts.softsort()
     x = jnp.asarray(data.x)
     args: tuple[Any, ...] = (x,)
     forward = _softsort_forward(name, o)
@@ -179,7 +187,7 @@ def _softsort_jax(name: str, data: Data, opts: Options) -> Runner:
 def _softsort_numpy(name: str, data: Data, opts: Options) -> Runner:
     import softsort
 
-    o = opts.solver()
+    o = opts.softsort()
     x = data.x
     forward = _softsort_forward(name, o)
     if forward is not None:
@@ -211,7 +219,7 @@ def _softsort_torch(name: str, data: Data, opts: Options) -> Runner:
 
     import softsort
 
-    o = opts.solver()
+    o = opts.softsort()
     x = torch.from_numpy(data.x)
     forward = _softsort_forward(name, o)
     if forward is not None:

@@ -221,6 +221,10 @@ def ratios(cells: dict, sweep_rows: list[dict]) -> dict[str, Any]:
     if ok:
         out["W1-W6 geomean speedup softsort-jax over ott"] = _geomean([o / s for o, s in ok])
         out["W1-W6 geomean: workloads used"] = [w for w, (o, s) in zip(wl.FORWARD, pairs, strict=True) if o and s]
+    pairs = [(t("ott", w), t("softsort-jax-dual", w)) for w in wl.FORWARD]
+    ok = [(o, s) for o, s in pairs if o is not None and s is not None]
+    if ok:
+        out["W1-W6 geomean speedup softsort-jax-dual (init='dual') over ott"] = _geomean([o / s for o, s in ok])
     s_g1 = t("softsort-jax", "G1")
     for mode in ("ott", "ott-unrolled"):
         if s_g1 and t(mode, "G1"):

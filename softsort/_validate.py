@@ -12,7 +12,7 @@ import operator
 from typing import Any
 
 from . import _compat
-from ._core._config import SolverConfig
+from ._core._config import ACCELERATE_BELOW, SolverConfig
 
 DEFAULT_EPSILON = 1e-2
 _SOLVER_OPTIONS = {
@@ -22,10 +22,12 @@ _SOLVER_OPTIONS = {
     "implicit_diff": True,
     "implicit_solver": "auto",
     "momentum": "adaptive",
+    "init": "auto",
     "memory_budget": 2**30,
 }
 OPTION_NAMES = ("epsilon", "squashing_fun", *_SOLVER_OPTIONS)
 _IMPLICIT_SOLVERS = ("auto", "dense", "cg")
+_INITS = ("auto", "dual", "zeros")
 
 
 def _short(value: Any) -> str:
@@ -179,6 +181,13 @@ def options(fname: str, given: dict[str, Any]) -> tuple[Any, Any, SolverConfig]:
             msg = f"{fname}() option 'momentum' must be in [1, 2) (1 = plain Sinkhorn), got {momentum!r}"
             raise ValueError(msg)
         momentum = float(momentum)
+    init = merged["init"]
+    if init not in _INITS:
+        msg = f"{fname}() option 'init' must be one of {_INITS}, got {_short(init)}"
+        raise ValueError(msg)
+    if init == "auto" and isinstance(epsilon, numbers.Real) and not isinstance(epsilon, bool):
+        # Decided here for a number; for an array epsilon the solver decides per problem.
+        init = "dual" if epsilon < ACCELERATE_BELOW else "zeros"
     budget = as_int(fname, "memory_budget", merged["memory_budget"], 1)
     config = SolverConfig(
         threshold=float(threshold),
@@ -187,6 +196,7 @@ def options(fname: str, given: dict[str, Any]) -> tuple[Any, Any, SolverConfig]:
         implicit_diff=implicit,
         implicit_solver=solver,
         momentum=momentum,
+        init=init,
         memory_budget=budget,
     )
     return epsilon, squash, config

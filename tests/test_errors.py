@@ -38,6 +38,7 @@ X = [1.0, 5.0, 4.0, 8.0, 12.0]
         (lambda L, x: softsort.sort(x, inner_iterations=-1), ValueError, "'inner_iterations'"),
         (lambda L, x: softsort.sort(x, squashing_fun=3), TypeError, "'squashing_fun' must be callable"),
         (lambda L, x: softsort.sort(x, momentum=2.5), ValueError, "'momentum'"),
+        (lambda L, x: softsort.sort(x, init="ones"), ValueError, "'init' must be one of"),
         (lambda L, x: softsort.sort(x, memory_budget=0), ValueError, "'memory_budget' must be >= 1"),
         (lambda L, x: softsort.sort(x, lse_mode=True), TypeError, "unexpected keyword argument\\(s\\) 'lse_mode'"),
         (lambda L, x: softsort.ranks(x, target_weights=L.asarray([0.5, 0.6])), ValueError, "must sum to 1"),
@@ -97,9 +98,9 @@ def test_input_never_modified_and_read_only_ok() -> None:
 def test_non_convergence_warns_and_reports(lib: Lib) -> None:
     x = lib.asarray(np.random.default_rng(0).normal(size=50))
     with pytest.warns(softsort.ConvergenceWarning, match="max_iterations=5"):
-        softsort.sort(x, epsilon=1e-4, max_iterations=5, inner_iterations=2)
+        softsort.sort(x, epsilon=0.01, threshold=1e-9, max_iterations=5, inner_iterations=2)
     with pytest.warns(softsort.ConvergenceWarning):
-        out = softsort.transport_for_sort(x, epsilon=1e-4, max_iterations=5, inner_iterations=2)
+        out = softsort.transport_for_sort(x, epsilon=0.01, threshold=1e-9, max_iterations=5, inner_iterations=2)
     assert not bool(lib.to_numpy(out.converged))
     assert int(lib.to_numpy(out.iterations)) == 5  # max_iterations is respected exactly
     assert lib.to_numpy(out.iterations).shape == ()

@@ -11,7 +11,8 @@ import math
 from typing import Any, NamedTuple
 
 from .._compat import device
-from ._config import SolverConfig
+from ._config import ACCELERATE_BELOW, SolverConfig
+from ._dual import exact_dual
 from ._lse import logsumexp
 
 
@@ -55,7 +56,7 @@ def solve(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any) 
     """
     xp = backend.xp
     dev = device(z)
-    n, m = z.shape[-1], b.shape[-1]
+    m = b.shape[-1]
     y = targets_like(xp, z, m)
     cost = cost_matrix(xp, z, y)
     e = eps[..., None, None]
@@ -123,8 +124,7 @@ def solve(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any) 
         return xp.logical_and(it < max_it, xp.any(last_err >= config.threshold))
 
     batch = z.shape[:-1]
-    f0 = xp.zeros((*batch, n), dtype=z.dtype, device=dev)
-    g0 = xp.zeros((*batch, m), dtype=z.dtype, device=dev)
+    f0, g0 = _start(xp, config.init, z, a, b, eps)
     errors0 = -xp.ones((*batch, num_checks), dtype=z.dtype, device=dev)
     it0 = xp.asarray(0, dtype=xp.int32, device=dev)
     row_it0 = xp.zeros(batch, dtype=xp.int32, device=dev)
@@ -139,6 +139,20 @@ def solve(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any) 
         state = backend.bounded_while_loop(cond, body, state, num_checks)
     f, g, errors, _, _, last_err, row_it = state
     return SinkhornOutput(f, g, errors, row_it, last_err)
+
+
+def _start(xp: Any, init: str, z: Any, a: Any, b: Any, eps: Any) -> tuple[Any, Any]:
+    """Starting potentials (see ``SolverConfig.init``)."""
+    dev = device(z)
+    f0 = xp.zeros(z.shape, dtype=z.dtype, device=dev)
+    g0 = xp.zeros(b.shape, dtype=z.dtype, device=dev)
+    if init == "zeros" or math.prod(z.shape) == 0:
+        return f0, g0
+    f, g = exact_dual(xp, z, a, b)
+    if init == "auto":  # epsilon is an array here (resolved before when it is a number)
+        fast = (eps < ACCELERATE_BELOW)[..., None]
+        f, g = xp.where(fast, f, f0), xp.where(fast, g, g0)
+    return f, g
 
 
 def _kernel_block(
@@ -220,10 +234,6 @@ def _kernel_block(
 OMEGA_MAX = 1.9
 
 
-#: Below this epsilon the adaptive rule over-relaxes; at or above it Sinkhorn stays plain.
-OMEGA_EPSILON = 5e-3
-
-
 def _adapt_omega(xp: Any, k: Any, omega: Any, err: Any, prev_err: Any, inner: int, eps: Any) -> Any:
     """Adaptive over-relaxation, per problem of the batch.
 
@@ -233,7 +243,7 @@ def _adapt_omega(xp: Any, k: Any, omega: Any, err: Any, prev_err: Any, inner: in
     then fixed. If the error later grows, the row falls back towards plain steps. The
     fixed point is unchanged: only the path to it.
 
-    Only for ``epsilon < OMEGA_EPSILON``: there plain Sinkhorn needs hundreds to thousands
+    Only for ``epsilon < ACCELERATE_BELOW``: there plain Sinkhorn needs hundreds to thousands
     of iterations and over-relaxation cuts them 4-20x. At larger epsilon plain Sinkhorn
     needs tens, and staying plain keeps results at the default threshold on the same
     path as OTT-JAX's (within 2e-3 on the tutorial's example, a promise of the core).
@@ -242,7 +252,7 @@ def _adapt_omega(xp: Any, k: Any, omega: Any, err: Any, prev_err: Any, inner: in
     ratio = xp.where(xp.isfinite(ratio), ratio, xp.zeros_like(ratio))
     kappa = xp.clip(ratio, 0.0, 0.999) ** (1.0 / inner)
     estimate = xp.clip(2.0 / (1.0 + xp.sqrt(1.0 - kappa)), 1.0, OMEGA_MAX)
-    estimate = xp.where(eps < OMEGA_EPSILON, estimate, xp.ones_like(estimate))
+    estimate = xp.where(eps < ACCELERATE_BELOW, estimate, xp.ones_like(estimate))
     omega = xp.where(k == 1, estimate[..., None], omega)
     grew = (k > 1) & (err > prev_err)
     return xp.where(grew[..., None], 1.0 + 0.5 * (omega - 1.0), omega)

@@ -1,0 +1,84 @@
+"""Starting potentials for Sinkhorn: the exact dual of the unregularized 1-D problem.
+
+In one dimension the optimal plan for the cost ``(z_i - y_j)**2`` is the monotone one: sort
+``z`` and pair the cumulative input mass with the cumulative target mass (the "north-west
+corner" staircase). Its cells form a spanning tree of the bipartite graph, so the
+Kantorovich potentials follow from ``f_i + g_j = C_ij`` along the staircase: one
+cumulative sum of cost differences for ``f`` and one for ``g``. Everywhere else
+``f_i + g_j <= C_ij``, hence the Gibbs kernel ``exp((f + g - C) / eps)`` built from these
+potentials has its entries in (0, 1] and a 1 in every row and column: no row or column
+underflows, even at very small epsilon.
+
+When a cumulative input mass equals a cumulative target mass (uniform weights with
+``m = n``: at every step) the dual is not unique: the staircase may turn down or right at
+that point, and each choice gives optimal potentials. The entropic solution tends, as
+epsilon -> 0, to one inside that set; the midpoint of the two extreme choices starts far
+closer to it than either (measured, plain Sinkhorn to threshold 1e-3, n = 10, eps 1e-3:
+about 1300 iterations from zero potentials, 1500 from the "down" choice, 7 from the
+midpoint). Only the starting point changes: the fixed point is the same.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._compat import device
+
+
+def _count_below(xp: Any, v: Any, w: Any, strict: bool) -> Any:
+    """For each ``v_k`` (..., p): how many ``w`` (..., q) lie below it (``w < v_k``, or ``<=``).
+
+    By comparing all pairs, O(p q) per row like one Sinkhorn iteration, and one fused
+    compare-and-sum under a compiler (a merge by sorting is O((p + q) log(p + q)) but XLA's
+    CPU sort made it 5-10x slower than the comparisons at the sizes of the benchmark).
+    """
+    below = (w[..., None, :] < v[..., :, None]) if strict else (w[..., None, :] <= v[..., :, None])
+    return xp.sum(xp.astype(below, xp.int32), axis=-1)
+
+
+def exact_dual(xp: Any, z: Any, a: Any, b: Any) -> tuple[Any, Any]:
+    """Potentials ``(f, g)`` of the unregularized problem, ``f + g <= C`` with equality on the plan.
+
+    ``z, a`` are (..., n), ``b`` is (..., m) (rows of ``a`` and ``b`` sum to one); the
+    targets are ``linspace(0, 1, m)``. Cost: two comparisons of the cumulative masses
+    by merge sorts, and a sort of ``z``: O((n + m) log(n + m)) per row.
+    """
+    n, m = z.shape[-1], b.shape[-1]
+    order = xp.argsort(z, axis=-1, stable=True)
+    zs = xp.take_along_axis(z, order, axis=-1)
+    cum_a = xp.cumulative_sum(xp.take_along_axis(a, order, axis=-1), axis=-1)
+    cum_b = xp.cumulative_sum(b, axis=-1)
+    step = 1.0 / (m - 1) if m > 1 else 0.0
+    # Cumulative sums of equal weights may differ in the last bits: closer than this is a tie.
+    tol = 4.0 * max(n, m) * xp.finfo(z.dtype).eps
+    ca, cb = cum_a[..., :-1], cum_b[..., :-1]  # where rows 0..n-2 and columns 0..m-2 end
+
+    def staircase(down_first: bool) -> tuple[Any, Any]:
+        # Row i hands over to row i + 1 in column j(i), column j to j + 1 in row i(j).
+        # j(i) = #{j: B_j < A_i}, i(j) = #{i: A_i <= B_j} turn down first at a tie;
+        # j(i) = #{j: B_j <= A_i}, i(j) = #{i: A_i < B_j} turn right first.
+        shift = -tol if down_first else tol
+        col_of_row = xp.clip(_count_below(xp, ca + shift, cum_b, strict=down_first), 0, m - 1)
+        row_of_col = xp.clip(_count_below(xp, cb - shift, cum_a, strict=not down_first), 0, n - 1)
+        # C[i+1, j] - C[i, j] = (z[i+1] - z[i]) (z[i+1] + z[i] - 2 y_j)
+        y_row = xp.astype(col_of_row, z.dtype) * step
+        d_f = (zs[..., 1:] - zs[..., :-1]) * (zs[..., 1:] + zs[..., :-1] - 2.0 * y_row)
+        # C[i, j+1] - C[i, j] = step (y_j + y_{j+1} - 2 z_i)
+        z_col = xp.take_along_axis(zs, row_of_col, axis=-1)
+        y_col = xp.astype(xp.arange(m - 1, device=device(z)), z.dtype) * step
+        d_g = step * (2.0 * y_col + step - 2.0 * z_col)
+        return _cumulative(xp, d_f), _cumulative(xp, d_g)
+
+    f_down, g_down = staircase(True)
+    f_right, g_right = staircase(False)
+    f_sorted = 0.5 * (f_down + f_right)
+    # Cell (0, 0) is on every staircase: f_0 + g_0 = C_00 = z_0**2 (y_0 = 0), with f_0 = 0.
+    g = zs[..., :1] * zs[..., :1] + 0.5 * (g_down + g_right)
+    f = xp.take_along_axis(f_sorted, xp.argsort(order, axis=-1), axis=-1)
+    return f, g
+
+
+def _cumulative(xp: Any, d: Any) -> Any:
+    """``[0, d_0, d_0 + d_1, ...]`` along the last axis."""
+    zero = xp.zeros((*d.shape[:-1], 1), dtype=d.dtype, device=device(d))
+    return xp.concat([zero, xp.cumulative_sum(d, axis=-1)], axis=-1)
