@@ -185,9 +185,12 @@ def options(fname: str, given: dict[str, Any]) -> tuple[Any, Any, SolverConfig]:
     if init not in _INITS:
         msg = f"{fname}() option 'init' must be one of {_INITS}, got {_short(init)}"
         raise ValueError(msg)
-    if init == "auto" and isinstance(epsilon, numbers.Real) and not isinstance(epsilon, bool):
+    if isinstance(epsilon, numbers.Real) and not isinstance(epsilon, bool):
         # Decided here for a number; for an array epsilon the solver decides per problem.
-        init = "dual" if epsilon < ACCELERATE_BELOW else "zeros"
+        if init == "auto":
+            init = "dual" if epsilon < ACCELERATE_BELOW else "zeros"
+        if momentum == "adaptive" and epsilon >= ACCELERATE_BELOW:
+            momentum = 1.0  # what the adaptive rule picks there; known plain, the steps are cheaper
     budget = as_int(fname, "memory_budget", merged["memory_budget"], 1)
     config = SolverConfig(
         threshold=float(threshold),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import importlib
 import os
+import sys
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -107,6 +108,21 @@ def _make_lib(backend: Backend) -> Lib:
     if backend is Backend.STRICT_NO_FLOAT64:
         return Lib(backend, mod, mod.Device("no_float64"), False)
     return Lib(backend, mod, None, True)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_code() -> Any:
+    """Drop JAX's compiled executables after each test module.
+
+    Every compiled XLA executable keeps its machine code mapped; the JAX suite compiles
+    thousands of functions (Hypothesis draws many shapes), and one process reached Linux's
+    default limit of 65530 memory mappings (``vm.max_map_count``), after which XLA's
+    compiler crashed with a segmentation fault. Clearing the caches unmaps them.
+    """
+    yield
+    jax = sys.modules.get("jax")
+    if jax is not None:
+        jax.clear_caches()
 
 
 @pytest.fixture(params=list(Backend), ids=lambda b: b.value)

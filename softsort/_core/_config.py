@@ -25,7 +25,7 @@ class SolverConfig:
     #: Starting potentials: "dual" (exact unregularized 1-D dual, see _dual), "zeros", or
     #: "auto": "dual" for epsilon < ACCELERATE_BELOW, else "zeros".
     init: str = "auto"
-    #: Iterate in kernel space between log-domain steps (see _sinkhorn._kernel_block).
+    #: Iterate in kernel space after a first log-domain step (see _sinkhorn._kernel_steps).
     kernel_steps: bool = True
     #: "adaptive" over-relaxation, or a fixed factor in [1, 2) (1 = plain Sinkhorn).
     momentum: str | float = "adaptive"

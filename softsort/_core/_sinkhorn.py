@@ -79,47 +79,75 @@ def solve(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any) 
 
     adaptive = config.momentum == "adaptive"
     omega_fixed = 1.0 if adaptive else float(config.momentum)
+    use_kernel = config.kernel_steps and inner > 1
+    # Scalings beyond this (in log) are absorbed into the potentials and the kernel rebuilt.
+    absorb_at = 0.1 * math.log(xp.finfo(z.dtype).max)
 
-    def body(state: tuple[Any, ...]) -> tuple[Any, ...]:
-        f0, g0, errors, it, omega, last_err, row_it = state
+    def relax(old: Any, new: Any, omega: Any, j: int) -> Any:
+        # over-relax all but the last step of a block: rows are exact at the checks
+        return old + omega * (new - old) if j < inner - 1 else new
+
+    def partial(old: Any, new: Any, it: Any, j: int) -> Any:
+        # the last block may be partial: keep max_iterations exact
+        return xp.where((it + j) < max_it, new, old) if max_it % inner else new
+
+    def log_block(f: Any, g: Any, it: Any, omega: Any) -> tuple[Any, Any, Any]:
+        for j in range(inner):
+            g_new = partial(g, relax(g, g_update(f), omega, j), it, j)
+            f = partial(f, relax(f, f_update(g_new), omega, j), it, j)
+            g = g_new
+        return f, g, marginal_error(f, g)
+
+    def gibbs(f: Any, g: Any) -> Any:
+        return _gibbs_kernel(xp, f, g, cost, eps)
+
+    def body(state: tuple[Any, ...], first: bool = False) -> tuple[Any, ...]:
+        f0, g0, lu0, lv0, kernel0, errors, it, omega, last_err, row_it = state
         # Rows already below the threshold (or diverged) are frozen, exactly as under
         # jax.vmap: a row's result does not depend on the rest of its batch.
         active = last_err >= config.threshold
-        if config.kernel_steps and inner > 1:
-            f, g, err = _kernel_block(
-                xp, f0, g0, it, omega, log_a, log_b, b, cost, eps, inner, max_it, g_update, f_update
-            )
+        keep = active[..., None]
+        lu = lv = kernel = None
+        if not use_kernel:
+            f, g, err = log_block(f0, g0, it, omega)
+        elif first:
+            # One log-domain step makes the Gibbs kernel the current plan: every row and
+            # column then holds significant entries (exp(-C / eps) alone may underflow).
+            g = partial(g0, relax(g0, g_update(f0), omega, 0), it, 0)
+            f = partial(f0, relax(f0, f_update(g), omega, 0), it, 0)
+            kernel = gibbs(f, g)
+            lu, lv, err = run_steps(kernel, xp.zeros_like(f), xp.zeros_like(g), range(1, inner), omega, it)
         else:
-            f, g = f0, g0
-            for j in range(inner):
-                g_new = g_update(f)
-                if j < inner - 1:  # over-relax all but the last step: rows are exact at checks
-                    g_new = g + omega * (g_new - g)
-                f_new = f_update(g_new)
-                if j < inner - 1:
-                    f_new = f + omega * (f_new - f)
-                if max_it % inner:  # the last block may be partial: keep max_iterations exact
-                    keep = (it + j) < max_it
-                    g_new = xp.where(keep, g_new, g)
-                    f_new = xp.where(keep, f_new, f)
-                f, g = f_new, g_new
-            err = marginal_error(f, g)
-        f = xp.where(active[..., None], f, f0)
-        g = xp.where(active[..., None], g, g0)
+            f, g, kernel = f0, g0, kernel0
+            lu, lv, err = run_steps(kernel, lu0, lv0, range(inner), omega, it)
+            lu, lv = xp.where(keep, lu, lu0), xp.where(keep, lv, lv0)
+        f = xp.where(keep, f, f0)
+        g = xp.where(keep, g, g0)
+        if use_kernel:
+            f, g, lu, lv, kernel = _absorb_large(backend, f, g, lu, lv, kernel, eps, absorb_at, gibbs)
         # Diagnostics and step sizes steer the loop only: never differentiated (unrolled
         # differentiation through 0 ** (1/inner) and sqrt(0) would give NaN).
         err = backend.stop_gradient(err)
         k = it // inner
-        errors = xp.where((check_ids == k) & active[..., None], err[..., None], errors)
+        errors = xp.where((check_ids == k) & keep, err[..., None], errors)
         if adaptive:
-            omega = xp.where(active[..., None], _adapt_omega(xp, k, omega, err, last_err, inner, eps), omega)
+            omega = xp.where(keep, _adapt_omega(xp, k, omega, err, last_err, inner, eps), omega)
         steps = xp.minimum(xp.asarray(inner, dtype=it.dtype, device=dev), max_it - it)
         row_it = row_it + xp.where(active, steps, xp.zeros_like(steps))
         it = it + steps
-        return f, g, errors, it, omega, xp.where(active, err, last_err), row_it
+        return f, g, lu, lv, kernel, errors, it, omega, xp.where(active, err, last_err), row_it
+
+    def run_steps(kernel: Any, lu: Any, lv: Any, js: range, omega: Any, it: Any) -> tuple[Any, Any, Any]:
+        if not adaptive and omega_fixed == 1.0:  # plain steps: no logs, no relaxation
+            return _plain_kernel_steps(xp, kernel, lu, lv, a, b, js, lambda old, new, j: partial(old, new, it, j))
+
+        def step(old: Any, new: Any, j: int) -> Any:
+            return partial(old, relax(old, new, omega, j), it, j)
+
+        return _kernel_steps(xp, kernel, lu, lv, log_a, log_b, b, js, step)
 
     def cond(state: tuple[Any, ...]) -> Any:
-        it, last_err = state[3], state[5]
+        it, last_err = state[6], state[8]
         # NaN >= threshold is False: a diverged row stops instead of spinning.
         return xp.logical_and(it < max_it, xp.any(last_err >= config.threshold))
 
@@ -132,12 +160,17 @@ def solve(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any) 
     if math.prod(batch) == 0:  # nothing to solve; any() of an empty batch is False anyway
         return SinkhornOutput(f0, g0, errors0, row_it0, err0)
     omega0 = xp.full((*batch, 1), omega_fixed, dtype=z.dtype, device=dev)
-    state = (f0, g0, errors0, it0, omega0, err0, row_it0)
+    state = (f0, g0, None, None, None, errors0, it0, omega0, err0, row_it0)
+    # The first block always runs (every error starts at inf); the loop carries the kernel
+    # and the scalings from there.
+    state = body(state, first=True)
     if config.implicit_diff:
         state = backend.while_loop(cond, body, state)
     else:
-        state = backend.bounded_while_loop(cond, body, state, num_checks)
-    f, g, errors, _, _, last_err, row_it = state
+        state = backend.bounded_while_loop(cond, body, state, num_checks - 1)
+    f, g, lu, lv, _, errors, _, _, last_err, row_it = state
+    if use_kernel:
+        f, g = f + eps_col * lu, g + eps_col * lv
     return SinkhornOutput(f, g, errors, row_it, last_err)
 
 
@@ -155,59 +188,35 @@ def _start(xp: Any, init: str, z: Any, a: Any, b: Any, eps: Any) -> tuple[Any, A
     return f, g
 
 
-def _kernel_block(
-    xp: Any,
-    f: Any,
-    g: Any,
-    it: Any,
-    omega: Any,
-    log_a: Any,
-    log_b: Any,
-    b: Any,
-    cost: Any,
-    eps: Any,
-    inner: int,
-    max_it: int,
-    g_update: Any,
-    f_update: Any,
-) -> tuple[Any, Any, Any]:
-    """One block of ``inner`` iterations: one log-domain step, the rest in kernel space.
+def _gibbs_kernel(xp: Any, f: Any, g: Any, cost: Any, eps: Any) -> Any:
+    """``K = exp((f + g - C) / eps)``, entries below the smallest normal float set to zero.
 
-    The log-domain step makes the Gibbs kernel ``K = exp((f + g - C) / eps)`` the current
-    plan, so its entries are at most the input weights and no significant one underflows
-    (this is the absorption of the potentials into the kernel, done every block). The
-    remaining steps are matrix-vector products on ``K`` with scalings ``u, v`` that start
-    at one; at the end the scalings are absorbed back, ``f += eps log u``. One ``exp`` of
-    the ``n x m`` array per block instead of two log-sum-exps per iteration; the iterates
-    are those of log-domain Sinkhorn (same fixed point, same over-relaxation).
-    Returns ``(f, g, error)``, the error being the L1 distance of the column sums to ``b``.
+    Flushed entries carry no mass, and denormal operands slow down the matrix products of
+    many CPU BLAS kernels. The exponent is clamped first: PyTorch's CPU exp takes a ~30x
+    slower path when its result underflows (measured 273 us vs 8 us for 10^4 values).
     """
-    eps_col = eps[..., None]
-
-    def relax(old: Any, new: Any, j: int) -> Any:
-        return old + omega * (new - old) if j < inner - 1 else new
-
-    def partial(old: Any, new: Any, j: int) -> Any:
-        return xp.where((it + j) < max_it, new, old) if max_it % inner else new
-
-    g_new = partial(g, relax(g, g_update(f), 0), 0)
-    f = partial(f, relax(f, f_update(g_new), 0), 0)
-    g = g_new
-    # Entries below the smallest normal float are flushed to zero: they carry no mass, and
-    # denormal operands slow down the matrix products of many CPU BLAS kernels.
     log_kernel = (f[..., :, None] + g[..., None, :] - cost) / eps[..., None, None]
     log_tiny = math.log(xp.finfo(f.dtype).smallest_normal)
-    # exp of the clamped argument: PyTorch's CPU exp takes a ~30x slower path when its
-    # result underflows (measured 273 us vs 8 us for 10^4 values).
-    kernel = xp.where(log_kernel > log_tiny, xp.exp(xp.maximum(log_kernel, log_tiny)), xp.zeros_like(log_kernel))
-    log_u = xp.zeros_like(f)
-    log_v = xp.zeros_like(g)
-    u, v = xp.ones_like(f), xp.ones_like(g)
-    tiny = xp.finfo(f.dtype).smallest_normal
-    # Within a block the scalings stay moderate unless a column or row of K underflows
-    # entirely (far from the fixed point, amplified by over-relaxation); capping their
-    # logs keeps u, v and K u finite, and the next block's log-domain step repairs the path.
-    cap = 0.9 * math.log(xp.finfo(f.dtype).max)
+    return xp.where(log_kernel > log_tiny, xp.exp(xp.maximum(log_kernel, log_tiny)), xp.zeros_like(log_kernel))
+
+
+def _kernel_steps(
+    xp: Any, kernel: Any, log_u: Any, log_v: Any, log_a: Any, log_b: Any, b: Any, steps: range, relax: Any
+) -> tuple[Any, Any, Any]:
+    """Sinkhorn steps in kernel space: ``v <- b / K^T u``, ``u <- a / K v`` (in log, relaxed).
+
+    The potentials are ``f + eps log u`` and ``g + eps log v`` for the ``f, g`` the kernel
+    was built from: the iterates are those of log-domain Sinkhorn, at the cost of two
+    matrix-vector products per step instead of two log-sum-exps. ``relax(old, new, j)``
+    applies over-relaxation and the ``max_iterations`` cut to step ``j`` of the block.
+    Returns ``(log_u, log_v, error)``, the error being the L1 distance of the column sums
+    to ``b``.
+    """
+    tiny = xp.finfo(log_u.dtype).smallest_normal
+    # The scalings stay moderate unless a column or row of K underflows entirely (far from
+    # the fixed point, amplified by over-relaxation); capping their logs keeps u, v and K u
+    # finite, and the next absorption repairs the path.
+    cap = 0.9 * math.log(xp.finfo(log_u.dtype).max)
 
     def mv(vec: Any) -> Any:  # K v
         return (kernel @ vec[..., None])[..., 0]
@@ -215,19 +224,72 @@ def _kernel_block(
     def vm(vec: Any) -> Any:  # K^T u, computed as u^T K on the contiguous kernel
         return (vec[..., None, :] @ kernel)[..., 0, :]
 
-    for j in range(1, inner):
-        # v <- b / (K^T u), over-relaxed in log space: log v += omega (log v_new - log v)
+    u = xp.exp(log_u)
+    for j in steps:
         ktu = vm(u)
         step_v = log_b - xp.log(xp.where(ktu > tiny, ktu, xp.full_like(ktu, tiny)))
-        log_v = xp.clip(partial(log_v, relax(log_v, step_v, j), j), -cap, cap)
-        v = xp.exp(log_v)
-        kv = mv(v)
+        log_v = xp.clip(relax(log_v, step_v, j), -cap, cap)
+        kv = mv(xp.exp(log_v))
         step_u = log_a - xp.log(xp.where(kv > tiny, kv, xp.full_like(kv, tiny)))
-        log_u = xp.clip(partial(log_u, relax(log_u, step_u, j), j), -cap, cap)
+        log_u = xp.clip(relax(log_u, step_u, j), -cap, cap)
         u = xp.exp(log_u)
+    column = xp.exp(log_v) * vm(u)
+    return log_u, log_v, xp.sum(xp.abs(column - b), axis=-1)
+
+
+def _plain_kernel_steps(
+    xp: Any, kernel: Any, log_u: Any, log_v: Any, a: Any, b: Any, steps: range, cut: Any
+) -> tuple[Any, Any, Any]:
+    """:func:`_kernel_steps` without over-relaxation, on the scalings themselves.
+
+    One division per half-step instead of a log, an exp and a relaxation (the matrix-vector
+    products are the same): plain Sinkhorn, the path at epsilon >= 5e-3. The scalings are
+    kept in ``[exp(-c), exp(c)]`` with the cap ``c`` of :func:`_kernel_steps` (0.9 log of
+    the largest float): the kernel is a plan of total mass one when built, so ``K^T u`` and
+    ``K v`` stay below ``exp(c)`` times that mass and cannot overflow.
+    """
+    tiny = xp.finfo(log_u.dtype).smallest_normal
+    c = 0.9 * math.log(xp.finfo(log_u.dtype).max)
+    low, high = math.exp(-c), math.exp(c)
+
+    def mv(vec: Any) -> Any:
+        return (kernel @ vec[..., None])[..., 0]
+
+    def vm(vec: Any) -> Any:
+        return (vec[..., None, :] @ kernel)[..., 0, :]
+
+    u, v = xp.exp(log_u), xp.exp(log_v)
+    for j in steps:
+        v = cut(v, xp.clip(b / xp.maximum(vm(u), tiny), low, high), j)
+        u = cut(u, xp.clip(a / xp.maximum(mv(v), tiny), low, high), j)
     column = v * vm(u)
-    err = xp.sum(xp.abs(column - b), axis=-1)
-    return f + eps_col * log_u, g + eps_col * log_v, err
+    return xp.log(u), xp.log(v), xp.sum(xp.abs(column - b), axis=-1)
+
+
+def _absorb_large(
+    backend: Any, f: Any, g: Any, log_u: Any, log_v: Any, kernel: Any, eps: Any, limit: float, gibbs: Any
+) -> tuple[Any, ...]:
+    """Absorb the scalings of the rows where one exceeds ``exp(limit)``: rebuild their kernel.
+
+    Between absorptions an entry flushed to zero could only have grown by ``exp(2 limit)``
+    (``limit`` is a tenth of the log of the largest float: below 1e-30 of a unit mass in
+    float32), and no product can overflow. Rows whose scalings stay small keep their kernel,
+    so most blocks cost matrix-vector products only; the rebuild (one ``exp`` of the
+    ``n x m`` array) runs only when some row needs it.
+    """
+    xp = backend.xp
+    big = (xp.max(xp.abs(log_u), axis=-1) > limit) | (xp.max(xp.abs(log_v), axis=-1) > limit)
+
+    def absorb(ops: tuple[Any, ...]) -> tuple[Any, ...]:
+        f, g, log_u, log_v, kernel = ops
+        row = big[..., None]
+        eps_col = eps[..., None]
+        f = xp.where(row, f + eps_col * log_u, f)
+        g = xp.where(row, g + eps_col * log_v, g)
+        kernel = xp.where(row[..., None], gibbs(f, g), kernel)
+        return f, g, xp.where(row, xp.zeros_like(log_u), log_u), xp.where(row, xp.zeros_like(log_v), log_v), kernel
+
+    return backend.cond(xp.any(big), absorb, lambda ops: ops, (f, g, log_u, log_v, kernel))
 
 
 #: Highest over-relaxation the adaptive rule picks (2 is the limit of convergence).

@@ -49,6 +49,10 @@ class Backend:
             state = body(state)
         return state
 
+    def cond(self, pred: Any, true_fn: Callable[[Any], Any], false_fn: Callable[[Any], Any], operand: Any) -> Any:
+        """``true_fn(operand)`` if the 0-d boolean ``pred`` holds, else ``false_fn(operand)``."""
+        return true_fn(operand) if bool(pred) else false_fn(operand)
+
     def bounded_while_loop(
         self,
         cond: Callable[[State], Any],

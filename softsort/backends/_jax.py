@@ -25,6 +25,9 @@ class JaxBackend(Backend):
     def while_loop(self, cond: Callable[[State], Any], body: Callable[[State], State], state: State) -> State:
         return jax.lax.while_loop(cond, body, state)
 
+    def cond(self, pred: Any, true_fn: Callable[[Any], Any], false_fn: Callable[[Any], Any], operand: Any) -> Any:
+        return jax.lax.cond(pred, true_fn, false_fn, operand)
+
     def bounded_while_loop(
         self, cond: Callable[[State], Any], body: Callable[[State], State], state: State, max_trips: int
     ) -> State:
