@@ -24,6 +24,7 @@ class SinkhornOutput(NamedTuple):
     errors: Any  # (B, num_checks) L1 error of the target marginal at each check, -1 unused
     iterations: Any  # (B,) Sinkhorn iterations run for each problem
     final_error: Any  # (B,) error at the last check (inf if never checked)
+    plan: Any  # (B, n, m) the transport plan exp((f + g - C) / eps)
 
 
 def targets_like(xp: Any, z: Any, m: int) -> Any:
@@ -45,20 +46,19 @@ def plan_from_potentials(backend: Any, f: Any, g: Any, cost: Any, eps: Any) -> A
     return xp.exp((f[..., :, None] + g[..., None, :] - cost) / eps[..., None, None])
 
 
-def solve(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any) -> SinkhornOutput:
+def solve(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any, cost: Any = None) -> SinkhornOutput:
     """Run Sinkhorn until the L1 error of the target marginal is below the threshold.
 
     ``z`` and ``a`` are (B, n), ``b`` is (B, m) (weights: rows sum to one), ``eps`` is
     (B,). The error is checked every ``inner_iterations`` (after the ``f`` update, so the
     input marginal is exact); a row stops when its error is below ``threshold`` or not
     finite, and the loop when every row has stopped or at ``max_iterations``, which is
-    never exceeded.
+    never exceeded. ``cost`` is ``cost_matrix(z, targets)`` when the caller has it.
     """
     xp = backend.xp
     dev = device(z)
-    m = b.shape[-1]
-    y = targets_like(xp, z, m)
-    cost = cost_matrix(xp, z, y)
+    if cost is None:
+        cost = cost_matrix(xp, z, targets_like(xp, z, b.shape[-1]))
     e = eps[..., None, None]
     eps_col = eps[..., None]
     log_a = xp.log(a)
@@ -158,7 +158,7 @@ def solve(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any) 
     row_it0 = xp.zeros(batch, dtype=xp.int32, device=dev)
     err0 = xp.full(batch, math.inf, dtype=z.dtype, device=dev)
     if math.prod(batch) == 0:  # nothing to solve; any() of an empty batch is False anyway
-        return SinkhornOutput(f0, g0, errors0, row_it0, err0)
+        return SinkhornOutput(f0, g0, errors0, row_it0, err0, plan_from_potentials(backend, f0, g0, cost, eps))
     omega0 = xp.full((*batch, 1), omega_fixed, dtype=z.dtype, device=dev)
     state = (f0, g0, None, None, None, errors0, it0, omega0, err0, row_it0)
     # The first block always runs (every error starts at inf); the loop carries the kernel
@@ -171,7 +171,11 @@ def solve(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any) 
     f, g, lu, lv, _, errors, _, _, last_err, row_it = state
     if use_kernel:
         f, g = f + eps_col * lu, g + eps_col * lv
-    return SinkhornOutput(f, g, errors, row_it, last_err)
+    # From the potentials, not as kernel * u * v (two products instead of an exp, 20% less
+    # time for NumPy/PyTorch at n = 1000): keeping the loop's kernel alive up to here
+    # raised JAX's compiled gradient of sort n=1000 from 4.0 to 7.0 arrays of n x m.
+    plan = plan_from_potentials(backend, f, g, cost, eps)
+    return SinkhornOutput(f, g, errors, row_it, last_err, plan)
 
 
 def _start(xp: Any, init: str, z: Any, a: Any, b: Any, eps: Any) -> tuple[Any, Any]:
@@ -197,7 +201,8 @@ def _gibbs_kernel(xp: Any, f: Any, g: Any, cost: Any, eps: Any) -> Any:
     """
     log_kernel = (f[..., :, None] + g[..., None, :] - cost) / eps[..., None, None]
     log_tiny = math.log(xp.finfo(f.dtype).smallest_normal)
-    return xp.where(log_kernel > log_tiny, xp.exp(xp.maximum(log_kernel, log_tiny)), xp.zeros_like(log_kernel))
+    # Written so that NaN (from NaN input, or epsilon poisoned under jit) stays NaN.
+    return xp.where(log_kernel <= log_tiny, xp.zeros_like(log_kernel), xp.exp(xp.maximum(log_kernel, log_tiny)))
 
 
 def _kernel_steps(
