@@ -218,28 +218,39 @@ def _kernel_steps(
     to ``b``.
     """
     tiny = xp.finfo(log_u.dtype).smallest_normal
-    # The scalings stay moderate unless a column or row of K underflows entirely (far from
-    # the fixed point, amplified by over-relaxation); capping their logs keeps u, v and K u
-    # finite, and the next absorption repairs the path.
-    cap = 0.9 * math.log(xp.finfo(log_u.dtype).max)
-
-    def mv(vec: Any) -> Any:  # K v
-        return (kernel @ vec[..., None])[..., 0]
-
-    def vm(vec: Any) -> Any:  # K^T u, computed as u^T K on the contiguous kernel
-        return (vec[..., None, :] @ kernel)[..., 0, :]
-
+    cap = _log_scaling_cap(xp, log_u.dtype)
     u = xp.exp(log_u)
     for j in steps:
-        ktu = vm(u)
+        ktu = _vm(u, kernel)
         step_v = log_b - xp.log(xp.where(ktu > tiny, ktu, xp.full_like(ktu, tiny)))
         log_v = xp.clip(relax(log_v, step_v, j), -cap, cap)
-        kv = mv(xp.exp(log_v))
+        kv = _mv(kernel, xp.exp(log_v))
         step_u = log_a - xp.log(xp.where(kv > tiny, kv, xp.full_like(kv, tiny)))
         log_u = xp.clip(relax(log_u, step_u, j), -cap, cap)
         u = xp.exp(log_u)
-    column = xp.exp(log_v) * vm(u)
+    column = xp.exp(log_v) * _vm(u, kernel)
     return log_u, log_v, xp.sum(xp.abs(column - b), axis=-1)
+
+
+def _mv(kernel: Any, vec: Any) -> Any:
+    """``K v`` for every problem of the batch."""
+    return (kernel @ vec[..., None])[..., 0]
+
+
+def _vm(vec: Any, kernel: Any) -> Any:
+    """``K^T u``, computed as ``u^T K`` on the contiguous kernel."""
+    return (vec[..., None, :] @ kernel)[..., 0, :]
+
+
+def _log_scaling_cap(xp: Any, dtype: Any) -> float:
+    """Bound on ``|log u|, |log v|`` within a block: 0.9 log of the largest float.
+
+    The scalings stay moderate unless a column or row of K underflows entirely (far from the
+    fixed point, amplified by over-relaxation); the kernel is a plan of total mass one when
+    built, so with the cap ``K u`` and ``K^T v`` stay finite, and the next absorption repairs
+    the path.
+    """
+    return 0.9 * math.log(xp.finfo(dtype).max)
 
 
 def _plain_kernel_steps(
@@ -249,25 +260,16 @@ def _plain_kernel_steps(
 
     One division per half-step instead of a log, an exp and a relaxation (the matrix-vector
     products are the same): plain Sinkhorn, the path at epsilon >= 5e-3. The scalings are
-    kept in ``[exp(-c), exp(c)]`` with the cap ``c`` of :func:`_kernel_steps` (0.9 log of
-    the largest float): the kernel is a plan of total mass one when built, so ``K^T u`` and
-    ``K v`` stay below ``exp(c)`` times that mass and cannot overflow.
+    kept in ``[exp(-c), exp(c)]`` for the cap ``c`` of :func:`_log_scaling_cap`.
     """
     tiny = xp.finfo(log_u.dtype).smallest_normal
-    c = 0.9 * math.log(xp.finfo(log_u.dtype).max)
+    c = _log_scaling_cap(xp, log_u.dtype)
     low, high = math.exp(-c), math.exp(c)
-
-    def mv(vec: Any) -> Any:
-        return (kernel @ vec[..., None])[..., 0]
-
-    def vm(vec: Any) -> Any:
-        return (vec[..., None, :] @ kernel)[..., 0, :]
-
     u, v = xp.exp(log_u), xp.exp(log_v)
     for j in steps:
-        v = cut(v, xp.clip(b / xp.maximum(vm(u), tiny), low, high), j)
-        u = cut(u, xp.clip(a / xp.maximum(mv(v), tiny), low, high), j)
-    column = v * vm(u)
+        v = cut(v, xp.clip(b / xp.maximum(_vm(u, kernel), tiny), low, high), j)
+        u = cut(u, xp.clip(a / xp.maximum(_mv(kernel, v), tiny), low, high), j)
+    column = v * _vm(u, kernel)
     return xp.log(u), xp.log(v), xp.sum(xp.abs(column - b), axis=-1)
 
 
