@@ -1,0 +1,106 @@
+"""Time two versions of softsort side by side in one process (A/B of a change).
+
+The working tree's ``softsort`` runs against the package as it was at ``--old`` (extracted
+with ``git archive`` and imported as ``softsort_old``), alternating old/new calls on the
+benchmark's float32 inputs, so both see the same machine load. Example::
+
+    python benchmarks/compare_commits.py --old HEAD~1 --backends numpy,jax --only W1,W3
+
+Prints median ms per workload and backend for old and new, and the largest difference
+between their outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.dirname(HERE))
+
+import _workloads as wl  # noqa: E402
+
+
+def _extract(rev: str, into: str) -> None:
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", rev, "softsort"], cwd=os.path.dirname(HERE), check=True, capture_output=True
+    ).stdout
+    path = os.path.join(into, "old.tar")
+    with open(path, "wb") as fh:
+        fh.write(archive)
+    with tarfile.open(path) as tar:
+        tar.extractall(into, filter="data")
+    os.rename(os.path.join(into, "softsort"), os.path.join(into, "softsort_old"))
+
+
+def _call(mod: Any, name: str) -> Any:
+    if name == "W5":
+        return functools.partial(mod.sort, topk=wl.TOPK)
+    if name == "W6":
+        return functools.partial(mod.quantile, q=0.5)
+    if name in ("W3", "W4"):
+        return mod.ranks
+    return mod.sort
+
+
+def _median_ms(f: Any, x: Any, repeats: int) -> float:
+    f(x)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = f(x)
+        if hasattr(out, "block_until_ready"):
+            out.block_until_ready()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1e3
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--old", required=True, help="git revision to compare against")
+    p.add_argument("--backends", default="numpy,jax,torch")
+    p.add_argument("--only", default=",".join(wl.FORWARD), help="forward workloads W1-W6")
+    p.add_argument("--repeats", type=int, default=15)
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        _extract(args.old, tmp)
+        sys.path.insert(0, tmp)
+        import softsort_old
+
+        import softsort
+
+        for backend in args.backends.split(","):
+            for name in args.only.split(","):
+                x = wl.make_data(name).x
+                cells, outs = [], {}
+                for label, mod in [("old", softsort_old), ("new", softsort)] * 2:
+                    f = _call(mod, name)
+                    if backend == "jax":
+                        import jax
+
+                        f, xx = jax.jit(f), jax.numpy.asarray(x)
+                    elif backend == "torch":
+                        import torch
+
+                        xx = torch.asarray(x)
+                    else:
+                        xx = x
+                    cells.append(f"{label} {_median_ms(f, xx, args.repeats):.2f}")
+                    outs[label] = np.asarray(f(xx))
+                diff = float(np.abs(outs["old"] - outs["new"]).max())
+                print(f"{backend:6s} {name}: " + " | ".join(cells) + f"  (max |old - new| {diff:.2e})", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
