@@ -46,19 +46,18 @@ def plan_from_potentials(backend: Any, f: Any, g: Any, cost: Any, eps: Any) -> A
     return xp.exp((f[..., :, None] + g[..., None, :] - cost) / eps[..., None, None])
 
 
-def solve(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any, cost: Any = None) -> SinkhornOutput:
+def solve(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any) -> SinkhornOutput:
     """Run Sinkhorn until the L1 error of the target marginal is below the threshold.
 
     ``z`` and ``a`` are (B, n), ``b`` is (B, m) (weights: rows sum to one), ``eps`` is
     (B,). The error is checked every ``inner_iterations`` (after the ``f`` update, so the
     input marginal is exact); a row stops when its error is below ``threshold`` or not
     finite, and the loop when every row has stopped or at ``max_iterations``, which is
-    never exceeded. ``cost`` is ``cost_matrix(z, targets)`` when the caller has it.
+    never exceeded. Also returns the plan, so the cost matrix is built once per solve.
     """
     xp = backend.xp
     dev = device(z)
-    if cost is None:
-        cost = cost_matrix(xp, z, targets_like(xp, z, b.shape[-1]))
+    cost = cost_matrix(xp, z, targets_like(xp, z, b.shape[-1]))
     e = eps[..., None, None]
     eps_col = eps[..., None]
     log_a = xp.log(a)

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 from ._config import SolverConfig
 from ._implicit import plan_vjp
-from ._sinkhorn import cost_matrix, solve, targets_like
+from ._sinkhorn import solve, targets_like
 
 
 class Transport(NamedTuple):
@@ -33,8 +33,7 @@ Static = tuple[Any, SolverConfig]  # (backend, config): hashable
 
 def _fwd(static: Static, z: Any, a: Any, b: Any, eps: Any) -> tuple[Any, ...]:
     backend, config = static
-    xp = backend.xp
-    out = solve(backend, config, z, a, b, eps, cost_matrix(xp, z, targets_like(xp, z, b.shape[-1])))
+    out = solve(backend, config, z, a, b, eps)
     return out.plan, out.f, out.g, out.errors, out.iterations, out.final_error
 
 
