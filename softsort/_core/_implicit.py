@@ -71,15 +71,14 @@ def plan_vjp(backend: Any, config: SolverConfig, plan: Any, eps: Any, cot: Any) 
     gh = cot * plan
     ra = xp.sum(gh, axis=-1)
     rb = xp.sum(gh, axis=-2)
+    del gh  # eager libraries free it: the backward then holds at most four n x m arrays
     a = xp.sum(plan, axis=-1)
     b = xp.sum(plan, axis=-2)
     tiny = xp.finfo(plan.dtype).smallest_normal
     a = xp.where(a > tiny, a, xp.full_like(a, tiny))
     b = xp.where(b > tiny, b, xp.full_like(b, tiny))
     pt = xp.matrix_transpose(plan)
-
-    def mv(mat: Any, vec: Any) -> Any:
-        return (mat @ vec[..., None])[..., 0]
+    mv = backend.matvec
 
     # Eliminate the larger block and solve the Schur complement on the smaller one.
     if m <= n:

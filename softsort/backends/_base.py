@@ -102,6 +102,21 @@ class Backend:
         return fwd
 
     # -- optional fast paths ----------------------------------------------------------
+    def clip(self, x: Any, low: float | None, high: float | None) -> Any:
+        """``x`` clipped to ``[low, high]`` (``None``: no bound), NaN kept; Python float bounds.
+
+        ``maximum``/``minimum``: array-api-compat's ``clip`` is Python code of its own for
+        NumPy (8 us a call against 1.8 us for these two on 1000 values), and the Sinkhorn
+        loop clips four times per step.
+        """
+        if low is not None:
+            x = self.xp.maximum(x, low)
+        return x if high is None else self.xp.minimum(x, high)
+
+    def matvec(self, mat: Any, vec: Any) -> Any:
+        """``mat @ vec`` for a batch: ``mat`` (..., n, m), ``vec`` (..., m) -> (..., n)."""
+        return (mat @ vec[..., None])[..., 0]
+
     def logsumexp(self, x: Any, axis: int) -> Any | None:
         """Native log-sum-exp, or ``None`` to use the core's portable one."""
         del x, axis

@@ -58,6 +58,17 @@ class _Plan(torch.autograd.Function):
 class TorchBackend(Backend):
     name = "torch"
 
+    def clip(self, x: Any, low: float | None, high: float | None) -> Any:
+        # torch.clamp is one native call (2 us); the wrapped maximum/minimum with a Python
+        # scalar take about 6 us each.
+        return torch.clamp(x, low, high)
+
+    def matvec(self, mat: Any, vec: Any) -> Any:
+        # As a row vector times the transposed view: PyTorch's CPU bmm of (256, 100, 100)
+        # by (256, 100, 1) took 0.73 ms, of (256, 1, 100) by the transpose 0.095 ms (same
+        # at n = m = 1000). JAX is the other way round (4x slower at 1 x 1000 x 1000).
+        return (vec[..., None, :] @ mat.mT)[..., 0, :]
+
     def is_concrete(self, x: Any) -> bool:
         if torch.compiler.is_compiling():
             return False
