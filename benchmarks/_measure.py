@@ -36,13 +36,24 @@ def time_calls(fn: Callable[[], Any], warmup: int, repeats: int, min_repeats: in
         times.append(time.perf_counter() - t0)
         if len(times) >= min_repeats and time.perf_counter() - start > budget_s:
             break
-    return {
-        "median_s": statistics.median(times),
-        "min_s": min(times),
-        "max_s": max(times),
-        "repeats": len(times),
-        "first_call_s": first,
-    }
+    return {**summary(times), "first_call_s": first, "times_s": times}
+
+
+def summary(times: list[float]) -> dict[str, Any]:
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": len(times)}
+
+
+def time_more(fn: Callable[[], Any], repeats: int, min_repeats: int, budget_s: float) -> list[float]:
+    """More timed calls of an already warm ``fn`` (same stopping rule as :func:`time_calls`)."""
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < repeats:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if len(times) >= min_repeats and time.perf_counter() - start > budget_s:
+            break
+    return times
 
 
 # -- memory -------------------------------------------------------------------------------------
