@@ -28,14 +28,7 @@ def time_calls(fn: Callable[[], Any], warmup: int, repeats: int, min_repeats: in
         fn()
         if i == 0:
             first = time.perf_counter() - t0
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < repeats:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        if len(times) >= min_repeats and time.perf_counter() - start > budget_s:
-            break
+    times = time_more(fn, repeats, min_repeats, budget_s)
     return {**summary(times), "first_call_s": first, "times_s": times}
 
 
@@ -44,7 +37,7 @@ def summary(times: list[float]) -> dict[str, Any]:
 
 
 def time_more(fn: Callable[[], Any], repeats: int, min_repeats: int, budget_s: float) -> list[float]:
-    """More timed calls of an already warm ``fn`` (same stopping rule as :func:`time_calls`)."""
+    """Timed calls of a warm ``fn``: ``repeats``, or fewer once ``min_repeats`` took ``budget_s``."""
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < repeats:
