@@ -321,8 +321,9 @@ def _gibbs_kernel(xp: Any, t: Any) -> Any:
     slow down the matrix products of many CPU BLAS kernels, and PyTorch's CPU exp takes a
     ~30x slower path when its result underflows: measured 273 us vs 8 us for 10^4 values).
     The floor adds at most ``n * m * FLOOR * smallest_normal`` to a plan of mass one
-    (below 1e-20 in float32 for n = m = 10^5): the iterates move by less than rounding, and
-    the returned plan is computed from the potentials, without a floor. Clamping instead of
+    (below 1e-20 in float32 for n = m = 10^5): the iterates move by less than rounding. The
+    returned plan keeps that floor (times the scalings) on eager libraries, which make it as
+    ``K * u * v``; under a compiler it comes from the potentials, without. Clamping instead of
     zeroing also needs no mask: with ``t`` passed as an expression, eager libraries hold
     two ``n x m`` arrays here. NaN stays NaN (``maximum`` propagates it).
     """
