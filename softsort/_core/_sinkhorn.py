@@ -34,31 +34,40 @@ def targets_like(xp: Any, z: Any, m: int) -> Any:
     return xp.linspace(0.0, 1.0, m, dtype=z.dtype, device=device(z))
 
 
-def cost_matrix(xp: Any, z: Any, y: Any) -> Any:
-    """``C[..., i, j] = (z[..., i] - y[j])**2``."""
-    d = z[..., :, None] - y
-    return d * d
-
-
-def plan_from_potentials(backend: Any, f: Any, g: Any, cost: Any, eps: Any) -> Any:
-    """``P_ij = exp((f_i + g_j - C_ij) / eps)``."""
-    xp = backend.xp
-    return xp.exp((f[..., :, None] + g[..., None, :] - cost) / eps[..., None, None])
-
-
 class _Rows(NamedTuple):
     """What defines the problems of a batch (leading axis: the problem)."""
 
-    cost: Any  # (B, n, m)
+    z: Any  # (B, n) inputs divided by sqrt(eps): the cost in units of epsilon is (z - y)**2
+    y: Any  # (B, m) targets divided by sqrt(eps)
     a: Any  # (B, n)
     b: Any  # (B, m)
     eps: Any  # (B,)
 
 
+def _cost(backend: Any, rows: _Rows) -> Any:
+    """``C / eps``, ``C_ij = (z_i - y_j)**2``, as a new array (the caller may overwrite it).
+
+    Made from the scaled positions wherever needed rather than kept: no ``n x m`` array
+    lives through the loop besides the kernel (eager libraries make it once per solve, plus
+    once per rebuild of a kernel; under a compiler it fuses into its consumer), and batch
+    compaction gathers vectors only.
+    """
+    d = rows.z[..., :, None] - rows.y[..., None, :]
+    if backend.writable(d):
+        d *= d
+        return d
+    return d * d
+
+
+def _plan(backend: Any, rows: _Rows, f: Any, g: Any) -> Any:
+    """``P_ij = exp(f_i + g_j - C_ij)``, potentials and cost in units of epsilon."""
+    return backend.xp.exp((f[..., :, None] - _cost(backend, rows)) + g[..., None, :])
+
+
 class _State(NamedTuple):
     """The loop state: per problem, except the global step counter ``it``."""
 
-    f: Any  # (B, n) potentials the kernel was built from
+    f: Any  # (B, n) potentials the kernel was built from, divided by epsilon
     g: Any  # (B, m)
     log_u: Any  # (B, n) log scalings on top of them (None without kernel steps)
     log_v: Any  # (B, m)
@@ -88,19 +97,23 @@ def solve(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any) 
     (B,). The error is checked every ``inner_iterations`` (after the ``f`` update, so the
     input marginal is exact); a row stops when its error is below ``threshold`` or not
     finite, and the loop when every row has stopped or at ``max_iterations``, which is
-    never exceeded. Also returns the plan, so the cost matrix is built once per solve.
+    never exceeded. Also returns the plan (eager libraries: in the kernel's memory). Inside,
+    cost and potentials are in units of epsilon (one division less per pass).
     """
     xp = backend.xp
     dev = device(z)
-    rows = _Rows(cost_matrix(xp, z, targets_like(xp, z, b.shape[-1])), a, b, eps)
+    scale = 1.0 / xp.sqrt(eps)[..., None]
+    rows = _Rows(z * scale, targets_like(xp, z, b.shape[-1]) * scale, a, b, eps)
     batch = z.shape[:-1]
+    eps_col = eps[..., None]
     f0, g0 = _start(xp, config.init, z, a, b, eps)
     errors0 = -xp.ones((*batch, config.num_checks), dtype=z.dtype, device=dev)
     it0 = xp.asarray(0, dtype=xp.int32, device=dev)
     row_it0 = xp.zeros(batch, dtype=xp.int32, device=dev)
     err0 = xp.full(batch, math.inf, dtype=z.dtype, device=dev)
     if math.prod(batch) == 0:  # nothing to solve; any() of an empty batch is False anyway
-        return SinkhornOutput(f0, g0, errors0, row_it0, err0, plan_from_potentials(backend, f0, g0, rows.cost, eps))
+        plan = _plan(backend, rows, f0, g0)
+        return SinkhornOutput(eps_col * f0, eps_col * g0, errors0, row_it0, err0, plan)
     omega_start = 1.0 if config.momentum == "adaptive" else float(config.momentum)
     omega0 = xp.full((*batch, 1), omega_start, dtype=z.dtype, device=dev)
     state = _State(f0, g0, None, None, None, errors0, it0, omega0, err0, row_it0)
@@ -111,23 +124,21 @@ def solve(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any) 
     errors, row_it, last_err = state.errors, state.row_it, state.last_err
     f, g, kernel = state.f, state.g, state.kernel
     if state.log_u is not None:
-        eps_col = eps[..., None]
-        f, g = f + eps_col * state.log_u, g + eps_col * state.log_v
+        f, g = f + state.log_u, g + state.log_v
     if kernel is not None and backend.is_concrete(z):
         # An eager library holds the loop's kernel anyway: two products instead of the
         # four passes (and an exp) below (A/B, warm heap: NumPy W1 6.3 -> 5.9 ms, PyTorch
         # 7.9 -> 7.3 ms). Same plan up to rounding and the kernel's floor (_gibbs_kernel).
         u, v = xp.exp(state.log_u), xp.exp(state.log_v)
         del state
-        plan = kernel * u[..., :, None]
-        plan = plan * v[..., None, :]
+        plan = backend.scale_rows_columns(kernel, u, v)  # the kernel is not used after this
     else:
         # From the potentials: a compiler (XLA) then frees the loop's kernel after the loop;
         # keeping it alive up to here raised JAX's compiled gradient of sort n=1000 from
         # 4.0 to 7.0 arrays of n x m.
         del state, kernel
-        plan = plan_from_potentials(backend, f, g, rows.cost, eps)
-    return SinkhornOutput(f, g, errors, row_it, last_err, plan)
+        plan = _plan(backend, rows, f, g)
+    return SinkhornOutput(eps_col * f, eps_col * g, errors, row_it, last_err, plan)
 
 
 def _running(config: SolverConfig, state: _State) -> Any:
@@ -163,7 +174,7 @@ def _iterate(backend: Any, config: SolverConfig, rows: _Rows, state: _State, lev
     if not config.implicit_diff:  # differentiated through: one loop autodiff can reverse
         return backend.bounded_while_loop(cond, body, state, config.num_checks - 1)
     keep = rows.a.shape[0] // COMPACT_FACTOR
-    if keep < 1 or levels == 0 or math.prod(rows.cost.shape) < COMPACT_MIN_SIZE:
+    if keep < 1 or levels == 0 or rows.a.shape[0] * rows.a.shape[-1] * rows.b.shape[-1] < COMPACT_MIN_SIZE:
         return backend.while_loop(cond, body, state)
 
     def cond_many(s: _State) -> Any:
@@ -208,10 +219,8 @@ def _compacted(backend: Any, config: SolverConfig, rows: _Rows, state: _State, k
 def _block(backend: Any, config: SolverConfig, rows: _Rows, state: _State, first: bool = False) -> _State:
     """One block of ``inner_iterations`` Sinkhorn steps, then a convergence check."""
     xp = backend.xp
-    cost, a, b, eps = rows
+    _, _, a, b, eps = rows  # potentials in units of epsilon
     dev = device(a)
-    e = eps[..., None, None]
-    eps_col = eps[..., None]
     log_a = xp.log(a)
     log_b = xp.log(b)
     inner, max_it = config.inner_iterations, config.max_iterations
@@ -220,15 +229,18 @@ def _block(backend: Any, config: SolverConfig, rows: _Rows, state: _State, first
     use_kernel = config.kernel_steps and inner > 1
     # Scalings beyond this (in log) are absorbed into the potentials and the kernel rebuilt.
     absorb_at = 0.1 * math.log(xp.finfo(a.dtype).max)
+    # The log-domain path reads the cost in every step; kernel steps only when they build
+    # a kernel (_first_kernel, absorption).
+    cost = None if use_kernel else _cost(backend, rows)
 
     def g_update(f: Any) -> Any:
-        return eps_col * (log_b - logsumexp(backend, (f[..., :, None] - cost) / e, axis=-2))
+        return log_b - logsumexp(backend, f[..., :, None] - cost, axis=-2)
 
     def f_update(g: Any) -> Any:
-        return eps_col * (log_a - logsumexp(backend, (g[..., None, :] - cost) / e, axis=-1))
+        return log_a - logsumexp(backend, g[..., None, :] - cost, axis=-1)
 
     def marginal_error(f: Any, g: Any) -> Any:
-        log_col = g / eps_col + logsumexp(backend, (f[..., :, None] - cost) / e, axis=-2)
+        log_col = g + logsumexp(backend, f[..., :, None] - cost, axis=-2)
         return xp.sum(xp.abs(xp.exp(log_col) - b), axis=-1)
 
     def relax(old: Any, new: Any, omega: Any, j: int) -> Any:
@@ -247,7 +259,7 @@ def _block(backend: Any, config: SolverConfig, rows: _Rows, state: _State, first
         return f, g, marginal_error(f, g)
 
     def gibbs(f: Any, g: Any) -> Any:
-        return _gibbs_kernel(xp, (f[..., :, None] + g[..., None, :] - cost) / e)
+        return _gibbs_kernel(backend, _subtract_columns(backend, _cost(backend, rows), g), f)
 
     def run_steps(kernel: Any, lu: Any, lv: Any, js: range, omega: Any, it: Any) -> tuple[Any, Any, Any]:
         if not adaptive and omega_fixed == 1.0:  # plain steps: no logs, no relaxation
@@ -266,25 +278,18 @@ def _block(backend: Any, config: SolverConfig, rows: _Rows, state: _State, first
     lu = lv = kernel = None
     if not use_kernel:
         f, g, err = log_block(f0, g0, it, omega)
-    elif first:
-        # One log-domain step makes the Gibbs kernel the current plan: every row and
-        # column then holds significant entries (exp(-C / eps) alone may underflow).
-        g = partial(g0, relax(g0, g_update(f0), omega, 0), it, 0)
-        # f_update(g) and gibbs(f, g), sharing the n x m array (g - C) / eps.
-        t = (g[..., None, :] - cost) / e
-        f = partial(f0, relax(f0, eps_col * (log_a - logsumexp(backend, t, axis=-1)), omega, 0), it, 0)
-        t = t + (f / eps_col)[..., :, None]
-        kernel = _gibbs_kernel(xp, t)
-        del t
-        lu, lv, err = run_steps(kernel, xp.zeros_like(f), xp.zeros_like(g), range(1, inner), omega, it)
+        f, g = xp.where(keep, f, f0), xp.where(keep, g, g0)
+    elif first:  # every row is active
+        # Every step in kernel space, from a kernel close to the plan with significant
+        # entries in every row and column; the start (f0, g0) is carried by the scalings.
+        f, g, kernel = _first_kernel(backend, rows, f0, log_a, log_b, config.init == "zeros")
+        lu, lv, err = run_steps(kernel, f0 - f, g0 - g, range(inner), omega, it)
     else:
         f, g, kernel = f0, g0, kernel0
         lu, lv, err = run_steps(kernel, lu0, lv0, range(inner), omega, it)
         lu, lv = xp.where(keep, lu, lu0), xp.where(keep, lv, lv0)
-    f = xp.where(keep, f, f0)
-    g = xp.where(keep, g, g0)
     if use_kernel:
-        f, g, lu, lv, kernel = _absorb_large(backend, f, g, lu, lv, kernel, eps, absorb_at, gibbs)
+        f, g, lu, lv, kernel = _absorb_large(backend, f, g, lu, lv, kernel, absorb_at, gibbs)
     # Diagnostics and step sizes steer the loop only: never differentiated (unrolled
     # differentiation through 0 ** (1/inner) and sqrt(0) would give NaN).
     err = backend.stop_gradient(err)
@@ -300,35 +305,73 @@ def _block(backend: Any, config: SolverConfig, rows: _Rows, state: _State, first
 
 
 def _start(xp: Any, init: str, z: Any, a: Any, b: Any, eps: Any) -> tuple[Any, Any]:
-    """Starting potentials (see ``SolverConfig.init``)."""
+    """Starting potentials in units of epsilon (see ``SolverConfig.init``)."""
     dev = device(z)
     f0 = xp.zeros(z.shape, dtype=z.dtype, device=dev)
     g0 = xp.zeros(b.shape, dtype=z.dtype, device=dev)
     if init == "zeros" or math.prod(z.shape) == 0:
         return f0, g0
     f, g = exact_dual(xp, z, a, b)
+    f, g = f / eps[..., None], g / eps[..., None]
     if init == "auto":  # epsilon is an array here (resolved before when it is a number)
         fast = (eps < ACCELERATE_BELOW)[..., None]
         f, g = xp.where(fast, f, f0), xp.where(fast, g, g0)
     return f, g
 
 
-def _gibbs_kernel(xp: Any, t: Any) -> Any:
-    """``K = exp(t)`` for ``t = (f + g - C) / eps``, with a floor far above the denormal range.
+def _first_kernel(backend: Any, rows: _Rows, f0: Any, log_a: Any, log_b: Any, zero_start: bool) -> tuple[Any, Any, Any]:
+    """Reference potentials ``(f, g)`` and the kernel ``exp(f + g - C)`` (units of epsilon).
 
-    Entries below ``FLOOR`` times the smallest normal float are raised to that: no kernel
-    entry, and no product of one with a scaling in the loop, is denormal (denormal operands
-    slow down the matrix products of many CPU BLAS kernels, and PyTorch's CPU exp takes a
-    ~30x slower path when its result underflows: measured 273 us vs 8 us for 10^4 values).
-    The floor adds at most ``n * m * FLOOR * smallest_normal`` to a plan of mass one
-    (below 1e-20 in float32 for n = m = 10^5): the iterates move by less than rounding. The
-    returned plan keeps that floor (times the scalings) on eager libraries, which make it as
-    ``K * u * v``; under a compiler it comes from the potentials, without. Clamping instead of
-    zeroing also needs no mask: with ``t`` passed as an expression, eager libraries hold
-    two ``n x m`` arrays here. NaN stays NaN (``maximum`` propagates it).
+    One Sinkhorn step from ``f0`` with each soft minimum (log-sum-exp) replaced by the hard
+    minimum minus the log of how many terms are expected within one unit of it:
+    ``sqrt(pi eps) (m - 1)`` in a row (the targets are evenly spaced) and ``sqrt(pi eps)
+    (n - 1)`` in a column (the inputs' average density on [0, 1]), at least one. Every row
+    of the kernel then reaches ``a_i / count``, every column at least ``a_i b_j / (b_max
+    count)``: nothing underflows, whatever epsilon, where ``exp(-C / eps)`` may underflow
+    entirely; and the kernel is close to the plan, so the scalings stay small (an absorption,
+    i.e. a rebuild, is rarely needed). The start is the iterate ``(f0, g0)``, carried by the
+    scalings ``exp(f0 - f)``, ``exp(g0 - g)``: the steps are those of log-domain Sinkhorn
+    from ``(f0, g0)``. Two min-reductions, three passes and one ``exp`` of the ``n x m``
+    array, where a first log-domain step took two log-sum-exps and an ``exp`` besides. The
+    references carry no gradient: the iterates do not depend on them.
     """
-    floor = math.log(xp.finfo(t.dtype).smallest_normal * FLOOR)
-    return xp.exp(xp.maximum(t, floor))
+    xp = backend.xp
+    n, m = rows.a.shape[-1], rows.b.shape[-1]
+    width = xp.sqrt(math.pi * rows.eps)
+    log_row_count = xp.log(xp.maximum(width * (m - 1), 1.0))[..., None]
+    log_col_count = xp.log(xp.maximum(width * (n - 1), 1.0))[..., None]
+    cost = _cost(backend, rows)
+    shifted = cost if zero_start else cost - f0[..., :, None]
+    g = backend.stop_gradient(xp.min(shifted, axis=-2) + log_b - log_col_count)
+    del shifted
+    d = _subtract_columns(backend, cost, g)  # C - g, in the cost's memory where allowed
+    f = backend.stop_gradient(xp.min(d, axis=-1) + log_a - log_row_count)
+    return f, g, _gibbs_kernel(backend, d, f)
+
+
+def _subtract_columns(backend: Any, cost: Any, g: Any) -> Any:
+    """``cost - g[..., None, :]``; ``cost`` is a temporary (overwritten where allowed)."""
+    if backend.writable(cost):
+        cost -= g[..., None, :]
+        return cost
+    return cost - g[..., None, :]
+
+
+def _gibbs_kernel(backend: Any, d: Any, f: Any) -> Any:
+    """``K = exp(f - d)`` for ``d = C - g`` (units of epsilon), floored far above denormals.
+
+    Entries are at least ``FLOOR`` times the smallest normal float: no kernel entry, and
+    no product of one with a scaling in the loop, is denormal (denormal operands slow down
+    the matrix products of many CPU BLAS kernels, and PyTorch's CPU exp takes a ~30x slower
+    path when its result underflows: measured 273 us vs 8 us for 10^4 values). The floor
+    adds at most ``n * m * FLOOR * smallest_normal`` to a plan of mass one (below 1e-20 in
+    float32 for n = m = 10^5): the iterates move by less than rounding. The returned plan
+    keeps that floor (times the scalings) on eager libraries, which make it as ``K * u *
+    v``; under a compiler it comes from the potentials, without. NaN stays NaN. ``d`` is a
+    temporary: the adapter may overwrite it (see ``Backend.floored_exp``).
+    """
+    floor = math.log(backend.xp.finfo(d.dtype).smallest_normal * FLOOR)
+    return backend.floored_exp(f, d, floor)
 
 
 #: Kernel entries are at least this many smallest normal floats (2**24: products with
@@ -348,25 +391,20 @@ def _kernel_steps(
     Returns ``(log_u, log_v, error)``, the error being the L1 distance of the column sums
     to ``b``.
     """
-    xp, mv, clip = backend.xp, backend.matvec, backend.clip
+    xp, mv, vm, clip = backend.xp, backend.matvec, backend.vecmat, backend.clip
     tiny = xp.finfo(log_u.dtype).smallest_normal
     cap = _log_scaling_cap(xp, log_u.dtype)
     u = xp.exp(log_u)
     for j in steps:
-        ktu = _vm(u, kernel)
+        ktu = vm(u, kernel)
         step_v = log_b - xp.log(xp.where(ktu > tiny, ktu, xp.full_like(ktu, tiny)))
         log_v = clip(relax(log_v, step_v, j), -cap, cap)
         kv = mv(kernel, xp.exp(log_v))
         step_u = log_a - xp.log(xp.where(kv > tiny, kv, xp.full_like(kv, tiny)))
         log_u = clip(relax(log_u, step_u, j), -cap, cap)
         u = xp.exp(log_u)
-    column = xp.exp(log_v) * _vm(u, kernel)
+    column = xp.exp(log_v) * vm(u, kernel)
     return log_u, log_v, xp.sum(xp.abs(column - b), axis=-1)
-
-
-def _vm(vec: Any, kernel: Any) -> Any:
-    """``K^T u``, computed as ``u^T K`` on the contiguous kernel."""
-    return (vec[..., None, :] @ kernel)[..., 0, :]
 
 
 def _log_scaling_cap(xp: Any, dtype: Any) -> float:
@@ -389,20 +427,20 @@ def _plain_kernel_steps(
     products are the same): plain Sinkhorn, the path at epsilon >= 5e-3. The scalings are
     kept in ``[exp(-c), exp(c)]`` for the cap ``c`` of :func:`_log_scaling_cap`.
     """
-    xp, mv, clip = backend.xp, backend.matvec, backend.clip
+    xp, mv, vm, clip = backend.xp, backend.matvec, backend.vecmat, backend.clip
     tiny = xp.finfo(log_u.dtype).smallest_normal
     c = _log_scaling_cap(xp, log_u.dtype)
     low, high = math.exp(-c), math.exp(c)
     u, v = xp.exp(log_u), xp.exp(log_v)
     for j in steps:
-        v = cut(v, clip(b / clip(_vm(u, kernel), tiny, None), low, high), j)
+        v = cut(v, clip(b / clip(vm(u, kernel), tiny, None), low, high), j)
         u = cut(u, clip(a / clip(mv(kernel, v), tiny, None), low, high), j)
-    column = v * _vm(u, kernel)
+    column = v * vm(u, kernel)
     return xp.log(u), xp.log(v), xp.sum(xp.abs(column - b), axis=-1)
 
 
 def _absorb_large(
-    backend: Any, f: Any, g: Any, log_u: Any, log_v: Any, kernel: Any, eps: Any, limit: float, gibbs: Any
+    backend: Any, f: Any, g: Any, log_u: Any, log_v: Any, kernel: Any, limit: float, gibbs: Any
 ) -> tuple[Any, ...]:
     """Absorb the scalings of the rows where one exceeds ``exp(limit)``: rebuild their kernel.
 
@@ -418,9 +456,8 @@ def _absorb_large(
     def absorb(ops: tuple[Any, ...]) -> tuple[Any, ...]:
         f, g, log_u, log_v, kernel = ops
         row = big[..., None]
-        eps_col = eps[..., None]
-        f = xp.where(row, f + eps_col * log_u, f)
-        g = xp.where(row, g + eps_col * log_v, g)
+        f = xp.where(row, f + log_u, f)
+        g = xp.where(row, g + log_v, g)
         kernel = xp.where(row[..., None], gibbs(f, g), kernel)
         return f, g, xp.where(row, xp.zeros_like(log_u), log_u), xp.where(row, xp.zeros_like(log_v), log_v), kernel
 

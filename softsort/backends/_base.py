@@ -113,9 +113,36 @@ class Backend:
             x = self.xp.maximum(x, low)
         return x if high is None else self.xp.minimum(x, high)
 
+    def floored_exp(self, f: Any, d: Any, log_floor: float) -> Any:
+        """``exp(f[..., :, None] - d)``, every entry at least ``exp(log_floor)``, NaN kept.
+
+        ``d`` (..., n, m) is a temporary of the caller's: an adapter may overwrite it
+        (eager libraries then allocate no new ``n x m`` array). Generic: the argument is
+        clipped first, so ``exp`` never underflows (slow in some libraries).
+        """
+        return self.xp.exp(self.clip(f[..., :, None] - d, log_floor, None))
+
+    def writable(self, x: Any) -> bool:
+        """Whether the core may update its temporary ``x`` in place (``x -= y``, ``x *= y``).
+
+        Only where nothing records ``x`` (autodiff, tracing) and arrays are mutable; an
+        in-place update saves eager libraries a new ``n x m`` array (and its page faults).
+        Generic: never.
+        """
+        del x
+        return False
+
+    def scale_rows_columns(self, mat: Any, u: Any, v: Any) -> Any:
+        """``u[..., :, None] * mat * v[..., None, :]``; ``mat`` is a temporary the adapter may overwrite."""
+        return (mat * u[..., :, None]) * v[..., None, :]
+
     def matvec(self, mat: Any, vec: Any) -> Any:
         """``mat @ vec`` for a batch: ``mat`` (..., n, m), ``vec`` (..., m) -> (..., n)."""
         return (mat @ vec[..., None])[..., 0]
+
+    def vecmat(self, vec: Any, mat: Any) -> Any:
+        """``vec @ mat`` for a batch: ``vec`` (..., n), ``mat`` (..., n, m) -> (..., m)."""
+        return (vec[..., None, :] @ mat)[..., 0, :]
 
     def logsumexp(self, x: Any, axis: int) -> Any | None:
         """Native log-sum-exp, or ``None`` to use the core's portable one."""

