@@ -36,8 +36,17 @@ def summary(times: list[float]) -> dict[str, Any]:
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "repeats": len(times)}
 
 
+#: Pause before each block of timed calls. Idle worker threads of the library timed just
+#: before keep spinning for a while: OpenBLAS's (NumPy) about 2**28 cycles, ~0.1 s, after
+#: its last call. On 2 cores that halved PyTorch's speed when it ran right after NumPy
+#: (W1: 9.7 ms after NumPy, 5.5 ms alone; 5.2 ms after NumPy with
+#: OPENBLAS_THREAD_TIMEOUT=4), which is a property of the harness, not of either library.
+SETTLE_S = 0.25
+
+
 def time_more(fn: Callable[[], Any], repeats: int, min_repeats: int, budget_s: float) -> list[float]:
     """Timed calls of a warm ``fn``: ``repeats``, or fewer once ``min_repeats`` took ``budget_s``."""
+    time.sleep(SETTLE_S)
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < repeats:
