@@ -41,12 +41,20 @@ def summary(times: list[float]) -> dict[str, Any]:
 #: its last call. On 2 cores that halved PyTorch's speed when it ran right after NumPy
 #: (W1: 9.7 ms after NumPy, 5.5 ms alone; 5.2 ms after NumPy with
 #: OPENBLAS_THREAD_TIMEOUT=4), which is a property of the harness, not of either library.
+#: After the pause the cores are idle and slow to pick up again (the first 3-4 calls of
+#: JAX's W1 took 1.7x longer; 30 ms of calls were not enough), so untimed calls run for
+#: REWARM_S (at least two) first.
 SETTLE_S = 0.25
+REWARM_S = 0.1
 
 
 def time_more(fn: Callable[[], Any], repeats: int, min_repeats: int, budget_s: float) -> list[float]:
     """Timed calls of a warm ``fn``: ``repeats``, or fewer once ``min_repeats`` took ``budget_s``."""
     time.sleep(SETTLE_S)
+    start, calls = time.perf_counter(), 0
+    while calls < 2 or time.perf_counter() - start < REWARM_S:
+        fn()
+        calls += 1
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < repeats:
