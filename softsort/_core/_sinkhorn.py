@@ -444,9 +444,9 @@ def _absorb_large(
 ) -> tuple[Any, ...]:
     """Absorb the scalings of the rows where one exceeds ``exp(limit)``: rebuild their kernel.
 
-    Between absorptions an entry flushed to zero could only have grown by ``exp(2 limit)``
-    (``limit`` is a tenth of the log of the largest float: below 1e-30 of a unit mass in
-    float32), and no product can overflow. Rows whose scalings stay small keep their kernel,
+    Between absorptions an entry raised to the kernel's floor could only have grown by
+    ``exp(2 limit)`` (``limit`` is a tenth of the log of the largest float: below 1e-23 of
+    a unit mass in float32), and no product can overflow. Rows whose scalings stay small keep their kernel,
     so most blocks cost matrix-vector products only; the rebuild (one ``exp`` of the
     ``n x m`` array) runs only when some row needs it.
     """
