@@ -132,10 +132,6 @@ class Backend:
         del x
         return False
 
-    def scale_rows_columns(self, mat: Any, u: Any, v: Any) -> Any:
-        """``u[..., :, None] * mat * v[..., None, :]``; ``mat`` is a temporary the adapter may overwrite."""
-        return (mat * u[..., :, None]) * v[..., None, :]
-
     def matvec(self, mat: Any, vec: Any) -> Any:
         """``mat @ vec`` for a batch: ``mat`` (..., n, m), ``vec`` (..., m) -> (..., n)."""
         return (mat @ vec[..., None])[..., 0]

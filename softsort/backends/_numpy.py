@@ -38,8 +38,3 @@ class NumpyBackend(Backend):
         np.exp(d, out=d)
         d += math.exp(log_floor)
         return d
-
-    def scale_rows_columns(self, mat: Any, u: Any, v: Any) -> Any:
-        mat *= u[..., :, None]
-        mat *= v[..., None, :]
-        return mat

@@ -73,11 +73,6 @@ class TorchBackend(Backend):
             return torch.sub(f[..., :, None], d, out=d).clamp_(min=log_floor).exp_()
         return torch.exp(torch.clamp(f[..., :, None] - d, min=log_floor))
 
-    def scale_rows_columns(self, mat: Any, u: Any, v: Any) -> Any:
-        if self.writable(mat):
-            return mat.mul_(u[..., :, None]).mul_(v[..., None, :])
-        return (mat * u[..., :, None]) * v[..., None, :]
-
     def writable(self, x: Any) -> bool:
         return not x.requires_grad and self.is_concrete(x)
 
