@@ -192,9 +192,9 @@ def _problem(backend: Any, op: Operator, criterion: Any, eps: Any) -> tuple[Any,
 
 
 #: Peak memory of a forward and backward pass, in units of one ``n x m`` array per row
-#: (measured by ``benchmarks/bench.py``: NumPy forward 4.0 and gradient 4.0 (tracemalloc),
-#: JAX forward 3.0 and gradient 4.0); the rest is margin for PyTorch's autograd and for
-#: read-outs that make their own ``n x m`` cotangent.
+#: (measured by ``benchmarks/bench.py``: forward NumPy 1.0-2.1 (tracemalloc), JAX 2.0;
+#: gradient 4.0 on both); the rest is margin for PyTorch's autograd and for read-outs
+#: that make their own ``n x m`` cotangent.
 PEAK_ARRAYS_PER_ROW = 6
 
 

@@ -124,8 +124,8 @@ def solve(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any) 
     if state.log_u is not None:
         f, g = f + state.log_u, g + state.log_v
     if kernel is not None and backend.is_concrete(z):
-        # An eager library holds the loop's kernel anyway: two products instead of the
-        # four passes (and an exp) below (A/B, warm heap: NumPy W1 6.3 -> 5.9 ms, PyTorch
+        # An eager library holds the loop's kernel anyway: two products, in its memory,
+        # instead of the passes (and the exp) below (A/B, warm heap: NumPy W1 6.3 -> 5.9 ms, PyTorch
         # 7.9 -> 7.3 ms). Same plan up to rounding and the kernel's floor (_gibbs_kernel).
         u, v = xp.exp(state.log_u), xp.exp(state.log_v)
         del state
@@ -393,8 +393,8 @@ def _kernel_steps(
 ) -> tuple[Any, Any, Any]:
     """Sinkhorn steps in kernel space: ``v <- b / K^T u``, ``u <- a / K v`` (in log, relaxed).
 
-    The potentials are ``f + eps log u`` and ``g + eps log v`` for the ``f, g`` the kernel
-    was built from: the iterates are those of log-domain Sinkhorn, at the cost of two
+    The potentials (units of epsilon) are ``f + log u`` and ``g + log v`` for the ``f, g``
+    the kernel was built from: the iterates are those of log-domain Sinkhorn, at the cost of two
     matrix-vector products per step instead of two log-sum-exps. ``relax(old, new, j)``
     applies over-relaxation and the ``max_iterations`` cut to step ``j`` of the block.
     Returns ``(log_u, log_v, error)``, the error being the L1 distance of the column sums
@@ -420,9 +420,9 @@ def _log_scaling_cap(xp: Any, dtype: Any) -> float:
     """Bound on ``|log u|, |log v|`` within a block: 0.9 log of the largest float.
 
     The scalings stay moderate unless a column or row of K underflows entirely (far from the
-    fixed point, amplified by over-relaxation); the kernel is a plan of total mass one when
-    built, so with the cap ``K u`` and ``K^T v`` stay finite, and the next absorption repairs
-    the path.
+    fixed point, amplified by over-relaxation); kernel entries are at most one (a plan's when
+    rebuilt, ``a_i / count`` when first built), so with the cap ``K u`` and ``K^T v`` stay
+    finite, and the next absorption repairs the path.
     """
     return 0.9 * math.log(xp.finfo(dtype).max)
 

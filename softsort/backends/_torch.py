@@ -66,7 +66,7 @@ class TorchBackend(Backend):
 
     def floored_exp(self, f: Any, d: Any, log_floor: float) -> Any:
         # clamp first: PyTorch's CPU exp is ~30x slower where it underflows. In place when
-        # nothing records t (no autograd, no torch.func transform): a fresh 4 MB result
+        # nothing records d (no autograd, no torch.func transform): a fresh 4 MB result
         # costs page faults (1000 x 1000: 3.3 ms out of place against 0.37 ms in place
         # in a fresh process, where glibc hands freed blocks back to the system).
         if self.writable(d):
