@@ -119,7 +119,7 @@ def solve(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any) 
     # and the scalings from there.
     state = _block(backend, config, rows, state, first=True)
     state = _iterate(backend, config, rows, state, COMPACT_LEVELS)
-    errors, row_it, last_err = state.errors, state.row_it, state.last_err
+    errors, row_it = state.errors, state.row_it
     f, g, kernel = state.f, state.g, state.kernel
     if state.log_u is not None:
         f, g = f + state.log_u, g + state.log_v
@@ -245,7 +245,7 @@ def _block(backend: Any, config: SolverConfig, rows: _Rows, state: _State, first
     dev = device(a)
     log_a = xp.log(a)
     log_b = xp.log(b)
-    inner, max_it = config.inner_iterations, config.max_iterations
+    inner, max_it = config.block, config.max_iterations  # block: at most max_iterations
     adaptive = config.momentum == "adaptive"
     omega_fixed = 1.0 if adaptive else float(config.momentum)
     use_kernel = config.kernel_steps and inner > 1

@@ -74,7 +74,12 @@ class TorchBackend(Backend):
         return torch.exp(torch.clamp(f[..., :, None] - d, min=log_floor))
 
     def writable(self, x: Any) -> bool:
-        return not x.requires_grad and self.is_concrete(x)
+        # Not while autograd records: x itself may not require grad and still be saved by
+        # an op whose other operand does (the cost or kernel when only target_weights, q or
+        # the weights require grad, under implicit_diff=False); updating it in place then
+        # fails in backward. The implicit path's forward runs in an autograd.Function,
+        # where grad mode is off.
+        return not torch.is_grad_enabled() and not x.requires_grad and self.is_concrete(x)
 
     def matvec(self, mat: Any, vec: Any) -> Any:
         # As a row vector times the transposed view: PyTorch's CPU bmm of (256, 100, 100)
