@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 
 from ._base import Backend
 
@@ -115,6 +116,17 @@ class TorchBackend(Backend):
             return _Plan.apply(fwd, bwd, differentiable_outputs, static, *inputs)
 
         return f
+
+    def checkpoint(self, fn: Callable[..., Any], *like: Any) -> Callable[..., Any]:
+        # Only while autograd records; non-reentrant: closed-over tensors (target weights,
+        # levels q) get their gradients too.
+        if not torch.is_grad_enabled():
+            return fn
+
+        def checkpointed(*args: Any) -> Any:
+            return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
+
+        return checkpointed
 
     def logsumexp(self, x: Any, axis: int) -> Any:
         return torch.logsumexp(x, dim=axis)
