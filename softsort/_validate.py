@@ -12,7 +12,7 @@ import operator
 from typing import Any
 
 from . import _compat
-from ._core._config import ACCELERATE_BELOW, SolverConfig
+from ._core._config import ACCELERATE_BELOW, SolverConfig, smallest_epsilon
 
 DEFAULT_EPSILON = 1e-2
 _SOLVER_OPTIONS = {
@@ -215,6 +215,7 @@ def epsilon_array(fname: str, backend: Any, epsilon: Any, dtype: Any, dev: Any) 
         if not (math.isfinite(epsilon) and epsilon > 0):
             msg = f"{fname}() option 'epsilon' must be finite and > 0, got {epsilon!r}"
             raise ValueError(msg)
+        _epsilon_not_below(fname, xp, float(epsilon), dtype)
         return xp.asarray(float(epsilon), dtype=dtype, device=dev)
     if not _compat.is_array_api_obj(epsilon):
         msg = f"{fname}() option 'epsilon' must be a number or a 0-d array, got {_short(epsilon)}"
@@ -226,9 +227,22 @@ def epsilon_array(fname: str, backend: Any, epsilon: Any, dtype: Any, dev: Any) 
     if violated(backend, xp.isfinite(eps) & (eps > 0)):
         msg = f"{fname}() option 'epsilon' must be finite and > 0, got {float(eps)!r}"
         raise ValueError(msg)
+    if backend.is_concrete(eps):
+        _epsilon_not_below(fname, xp, float(eps), dtype)
     # Under tracing the check above cannot run: make a bad value visible as NaN output
     # rather than a finite, meaningless result (a negative epsilon "sorts" backwards).
     return xp.where(eps > 0, eps, xp.full_like(eps, math.nan))
+
+
+def _epsilon_not_below(fname: str, xp: Any, epsilon: float, dtype: Any) -> None:
+    """Refuse an epsilon below what the dtype resolves (see ``_config.smallest_epsilon``)."""
+    low = smallest_epsilon(xp, dtype)
+    if epsilon < low:
+        msg = (
+            f"{fname}() option 'epsilon' must be at least {low:.3g} in {xp.finfo(dtype).dtype} "
+            f"(the smallest epsilon this dtype supports), got {epsilon!r}"
+        )
+        raise ValueError(msg)
 
 
 def weights(fname: str, name: str, backend: Any, w: Any, dtype: Any, dev: Any, size: int | None = None) -> Any:

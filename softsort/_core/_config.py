@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 #: Below this epsilon the solver takes its own, faster path to the fixed point (exact-dual
 #: start, adaptive over-relaxation). At or above it, and so at the default 1e-2, it takes
 #: OTT-JAX's path (zero start, plain steps): results at a loose threshold then match
 #: OTT-JAX's to well within that threshold, which ported code relies on.
 ACCELERATE_BELOW = 5e-3
+
+
+def smallest_epsilon(xp: Any, dtype: Any) -> float:
+    """The smallest ``epsilon`` the solver accepts in ``dtype``: its machine epsilon.
+
+    The solver works with costs and potentials in units of epsilon; for inputs squashed
+    into [0, 1] they reach ``1 / epsilon``. Below the machine epsilon their spacing exceeds
+    one unit, so a kernel entry ``exp(f + g - C)`` is rounding noise by factors of ``e``
+    and more (a float32 potential of 1e12 is spaced 65536 units apart): measured, plans
+    with NaN or misplaced mass at float64 ``epsilon = 1e-20``, float32 ``1e-12``. Above it
+    (swept from this value to 0.1, n = 3..50) every returned plan converged. Values:
+    about 1.2e-7 in float32, 2.2e-16 in float64.
+    """
+    return float(xp.finfo(dtype).eps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +54,16 @@ class SolverConfig:
     cg_max_iterations: int = 500
 
     @property
+    def block(self) -> int:
+        """Steps between two convergence checks: ``inner_iterations``, at most ``max_iterations``.
+
+        A block longer than ``max_iterations`` would run (and, eagerly, pay for) steps that
+        the ``max_iterations`` cut then discards: 4 s instead of 1 ms for
+        ``inner_iterations=10**6``.
+        """
+        return max(1, min(self.inner_iterations, self.max_iterations))
+
+    @property
     def num_checks(self) -> int:
         """How many convergence checks fit in ``max_iterations`` (size of the error log)."""
-        return -(-self.max_iterations // self.inner_iterations)
+        return -(-self.max_iterations // self.block)

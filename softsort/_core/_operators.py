@@ -30,6 +30,9 @@ class Operator(NamedTuple):
     prepare: Callable[..., Prepared]  # (xp, n, like) -> Prepared
     readout: Callable[..., Any]  # (xp, plan, values, b, aux) -> out
     readout_vjp: Callable[..., tuple[Any, Any]]  # (xp, plan, values, b, aux, cot) -> (dP, dv)
+    #: Whether the caller reads the potentials and error log (transport_for_sort); else a
+    #: chunk of a batch keeps only its read-out, iterations and final error.
+    diagnostics: bool = False
 
 
 def _arange_like(xp: Any, m: int, like: Any) -> Any:
@@ -173,7 +176,7 @@ def plan_op(weights: Any, target_weights: Any, num_targets: int | None) -> Opera
     def readout_vjp(xp: Any, plan: Any, values: Any, b: Any, aux: Any, cot: Any) -> Any:
         return cot, None
 
-    return Operator(prepare, readout, readout_vjp)
+    return Operator(prepare, readout, readout_vjp, diagnostics=True)
 
 
 # -- the pipeline -------------------------------------------------------------------------------
@@ -191,27 +194,47 @@ def _problem(backend: Any, op: Operator, criterion: Any, eps: Any) -> tuple[Any,
     return prep, a, b, eps
 
 
-#: Peak memory of a forward and backward pass, in units of one ``n x m`` array per row
-#: (measured by ``benchmarks/bench.py``: forward NumPy 1.0-2.1 (tracemalloc), JAX 2.0;
-#: gradient 4.0 on both); the rest is margin for PyTorch's autograd and for read-outs
+#: Working memory of one problem, in ``n x m`` arrays: the bound ``memory_budget`` is
+#: enforced with. Measured peaks (tests/test_memory_budget.py, extra memory of a call in a
+#: fresh process): NumPy forward about 2 arrays (tracemalloc), ``softsort.vjp`` 4; JAX
+#: 2.0 forward, 4.0 gradient; the rest is margin for PyTorch's autograd and for read-outs
 #: that make their own ``n x m`` cotangent.
 PEAK_ARRAYS_PER_ROW = 6
 
 
 def chunks(backend: Any, op: Operator, criterion: Any, config: SolverConfig) -> list[tuple[int, int]]:
-    """Row ranges whose problems fit ``config.memory_budget`` together (one range if all fit)."""
+    """Row ranges whose problems fit ``config.memory_budget`` together (one range if all fit).
+
+    Raises ``ValueError`` before anything of size ``n x m`` is allocated when one problem
+    alone does not fit.
+    """
     xp = backend.xp
     batch, n = criterion.shape[0], criterion.shape[-1]
     m = op.prepare(xp, n, criterion).b.shape[-1]
     per_row = PEAK_ARRAYS_PER_ROW * n * m * (xp.finfo(criterion.dtype).bits // 8)
+    if per_row > config.memory_budget:
+        msg = (
+            f"option 'memory_budget' is {config.memory_budget} bytes, but one problem of n={n} inputs and "
+            f"m={m} targets needs {per_row} bytes ({PEAK_ARRAYS_PER_ROW} arrays of n x m in {criterion.dtype}); "
+            "raise memory_budget or use fewer values per problem"
+        )
+        raise ValueError(msg)
     rows = max(1, config.memory_budget // per_row)
     return [(start, min(start + rows, batch)) for start in range(0, max(batch, 1), rows)]
 
 
 def _concat_runs(xp: Any, runs: list[tuple[Any, Transport]]) -> tuple[Any, Transport]:
+    """Put the chunks back together; a chunk's plan is ``None`` (dropped) except for the plan op."""
     out = xp.concat([r[0] for r in runs], axis=0)
     fields = zip(*(r[1] for r in runs), strict=True)
-    return out, Transport(*(xp.concat(list(parts), axis=0) for parts in fields))
+    return out, Transport(*(None if parts[0] is None else xp.concat(list(parts), axis=0) for parts in fields))
+
+
+def _kept(op: Operator, t: Transport) -> Transport:
+    """What a chunk of a batch keeps of its transport: never the plan, vectors the caller reads."""
+    if op.diagnostics:
+        return t._replace(plan=None)
+    return t._replace(plan=None, f=None, g=None, errors=None)
 
 
 def run(
@@ -226,13 +249,22 @@ def run(
     """Forward pass, differentiable by the framework (the plan by its implicit VJP).
 
     A batch larger than ``config.memory_budget`` is solved in chunks of rows, one after
-    the other; rows are independent problems, so the result is the same.
+    the other; rows are independent problems, so the result is the same. A chunk keeps
+    its read-out and vectors only: its plan is dropped (``Transport.plan`` is then
+    ``None``; :func:`softsort.transport_for_sort` returns the plan as its read-out). Under
+    framework autodiff each chunk runs under the adapter's ``checkpoint``, so a chunk's
+    plan is not kept as a residual either: it is made again in the backward pass.
     """
     xp = backend.xp
     spans = chunks(backend, op, criterion, config)
     if len(spans) > 1:
-        runs = [run(backend, op, values[s:e, ...], criterion[s:e, ...], eps, squash, config) for s, e in spans]
-        return _concat_runs(xp, runs)
+
+        def one(v: Any, c: Any) -> tuple[Any, Transport]:
+            out, t = run(backend, op, v, c, eps, squash, config)
+            return out, _kept(op, t)
+
+        chunk = backend.checkpoint(one, values, criterion)
+        return _concat_runs(xp, [chunk(values[s:e, ...], criterion[s:e, ...]) for s, e in spans])
     prep, a, b, eps = _problem(backend, op, criterion, eps)
     z = default_squash(backend, criterion) if squash is None else squash(criterion)
     if tuple(z.shape) != tuple(criterion.shape):
@@ -257,11 +289,24 @@ def run_vjp(
     same = values is criterion if same is None else same  # differentiate the criterion too?
     spans = chunks(backend, op, criterion, config)
     if len(spans) > 1:
-        parts = [run_vjp(backend, op, values[s:e, ...], criterion[s:e, ...], eps, config, same) for s, e in spans]
-        out, t = _concat_runs(xp, [(p[0], p[1]) for p in parts])
+        # Each chunk's pull-back holds its plan: keeping them all would hold the whole
+        # batch's plans. Only read-outs and vectors are kept; the pull-back solves each
+        # chunk again (the same deterministic iterations: the same plan) and pulls back
+        # through it before the next.
+        parts = []
+        for s, e in spans:
+            out, t, _ = run_vjp(backend, op, values[s:e, ...], criterion[s:e, ...], eps, config, same)
+            parts.append((out, _kept(op, t)))
+        out, t = _concat_runs(xp, parts)
+        del parts
 
         def chunked_pullback(cot: Any) -> Any:
-            return xp.concat([p[2](cot[s:e, ...]) for p, (s, e) in zip(parts, spans, strict=True)], axis=0)
+            grads = []
+            for s, e in spans:
+                pull = run_vjp(backend, op, values[s:e, ...], criterion[s:e, ...], eps, config, same)[2]
+                grads.append(pull(cot[s:e, ...]))
+                del pull
+            return xp.concat(grads, axis=0)
 
         return out, t, chunked_pullback
     prep, a, b, eps = _problem(backend, op, criterion, eps)

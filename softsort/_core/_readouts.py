@@ -19,15 +19,22 @@ def _vm(vec: Any, mat: Any) -> Any:
     return (vec[..., None, :] @ mat)[..., 0, :]
 
 
-# -- sort: (P^T x) / b -------------------------------------------------------------------
+# -- sort: (P^T x) / (column sums of P) ---------------------------------------------------
+# Divided by the plan's own column sums, not by ``b``: each value is then a convex
+# combination of the inputs, within [min x, max x] whatever the plan's column error (the
+# solver stops at ``threshold``, not at zero; dividing by ``b`` overshot the range by that
+# relative error). At a converged plan the sums are ``b``; the derivatives agree there too,
+# since the implicit backward keeps the column sums equal to ``b``.
 def sorted_values(xp: Any, plan: Any, values: Any, b: Any) -> Any:
     """Composite sorted values, one per target (used by sort, quantile, quantize)."""
-    return _vm(values, plan) / b
+    return _vm(values, plan) / xp.sum(plan, axis=-2)
 
 
 def sorted_values_vjp(xp: Any, plan: Any, values: Any, b: Any, cot: Any) -> tuple[Any, Any]:
-    w = cot / b
-    return values[..., :, None] * w[..., None, :], _mv(plan, w)
+    s = xp.sum(plan, axis=-2)
+    w = cot / s
+    out = _vm(values, plan) / s
+    return (values[..., :, None] - out[..., None, :]) * w[..., None, :], _mv(plan, w)
 
 
 # -- ranks: (P @ t) / a, scaled ------------------------------------------------------------
@@ -58,9 +65,12 @@ def quantized_vjp(xp: Any, plan: Any, values: Any, b: Any, cot: Any) -> tuple[An
 
 # -- sort_with: rows of X mixed by P^T -----------------------------------------------------
 def sorted_rows(xp: Any, plan: Any, rows: Any, b: Any) -> Any:
-    return (xp.matrix_transpose(plan) @ rows) / b[..., :, None]
+    return (xp.matrix_transpose(plan) @ rows) / xp.sum(plan, axis=-2)[..., :, None]
 
 
 def sorted_rows_vjp(xp: Any, plan: Any, rows: Any, b: Any, cot: Any) -> tuple[Any, Any]:
-    w = cot / b[..., :, None]  # (B, m, d)
-    return rows @ xp.matrix_transpose(w), plan @ w
+    s = xp.sum(plan, axis=-2)[..., :, None]  # (B, m, 1)
+    w = cot / s  # (B, m, d)
+    out = (xp.matrix_transpose(plan) @ rows) / s
+    d_plan = rows @ xp.matrix_transpose(w) - xp.sum(w * out, axis=-1)[..., None, :]
+    return d_plan, plan @ w

@@ -24,7 +24,7 @@ class SinkhornOutput(NamedTuple):
     g: Any  # (B, m) potential of the targets
     errors: Any  # (B, num_checks) L1 error of the target marginal at each check, -1 unused
     iterations: Any  # (B,) Sinkhorn iterations run for each problem
-    final_error: Any  # (B,) error at the last check (inf if never checked)
+    final_error: Any  # (B,) L1 column error of the returned plan (its rows sum to a)
     plan: Any  # (B, n, m) the transport plan exp((f + g - C) / eps)
 
 
@@ -119,7 +119,7 @@ def solve(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any) 
     # and the scalings from there.
     state = _block(backend, config, rows, state, first=True)
     state = _iterate(backend, config, rows, state, COMPACT_LEVELS)
-    errors, row_it, last_err = state.errors, state.row_it, state.last_err
+    errors, row_it = state.errors, state.row_it
     f, g, kernel = state.f, state.g, state.kernel
     if state.log_u is not None:
         f, g = f + state.log_u, g + state.log_v
@@ -137,7 +137,30 @@ def solve(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any) 
         # 4.0 to 7.0 arrays of n x m.
         del state, kernel
         plan = _plan(backend, rows, f, g)
-    return SinkhornOutput(eps_col * f, eps_col * g, errors, row_it, last_err, plan)
+    plan, final_err = _returned(backend, plan, a, b)
+    return SinkhornOutput(eps_col * f, eps_col * g, errors, row_it, final_err, plan)
+
+
+def _returned(backend: Any, plan: Any, a: Any, b: Any) -> tuple[Any, Any]:
+    """The plan handed back, with exact row sums ``a``, and the L1 error of its column sums.
+
+    The loop's own check measures the iterate it holds; the plan returned is made again
+    (from the kernel and scalings, or from the potentials), and at very small epsilon the
+    two differ by far more than rounding: potentials in units of epsilon reach
+    ``1 / epsilon``, beyond the precision of the dtype (a float32 potential of 1e12 has a
+    spacing of 65536 units). So the error that decides convergence (``final_error``) is
+    measured here, on this plan. Rescaling its rows to ``a`` (what the last half-step
+    does in exact arithmetic) makes every row read-out (ranks, masks) a convex combination
+    of the targets, whatever the column error. A zero row (every entry underflowed) stays
+    zero: its column error shows it.
+    """
+    xp = backend.xp
+    row = xp.sum(plan, axis=-1)
+    ok = row > 0
+    scale = xp.where(ok, a / xp.where(ok, row, xp.ones_like(row)), xp.ones_like(row))
+    plan = _in_place(backend, operator.mul, plan, scale[..., :, None])
+    err = xp.sum(xp.abs(xp.sum(plan, axis=-2) - b), axis=-1)
+    return plan, backend.stop_gradient(err)
 
 
 def _running(config: SolverConfig, state: _State) -> Any:
@@ -222,7 +245,7 @@ def _block(backend: Any, config: SolverConfig, rows: _Rows, state: _State, first
     dev = device(a)
     log_a = xp.log(a)
     log_b = xp.log(b)
-    inner, max_it = config.inner_iterations, config.max_iterations
+    inner, max_it = config.block, config.max_iterations  # block: at most max_iterations
     adaptive = config.momentum == "adaptive"
     omega_fixed = 1.0 if adaptive else float(config.momentum)
     use_kernel = config.kernel_steps and inner > 1

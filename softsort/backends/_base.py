@@ -101,6 +101,17 @@ class Backend:
         del bwd, differentiable_outputs
         return fwd
 
+    def checkpoint(self, fn: Callable[..., Any], *like: Any) -> Callable[..., Any]:
+        """``fn`` rematerialised under autodiff: its internals are not kept for the backward.
+
+        For the chunks of a batch (``memory_budget``): under framework autodiff every
+        chunk's plan would otherwise stay alive as a residual until the backward pass.
+        ``like`` are arrays of the call (to tell whether autodiff may record). Generic: no
+        autodiff, ``fn`` itself.
+        """
+        del like
+        return fn
+
     # -- optional fast paths ----------------------------------------------------------
     def clip(self, x: Any, low: float | None, high: float | None) -> Any:
         """``x`` clipped to ``[low, high]`` (``None``: no bound), NaN kept; Python float bounds.

@@ -23,7 +23,7 @@ class JaxBackend(Backend):
         return not isinstance(x, jax.core.Tracer)
 
     def while_loop(self, cond: Callable[[State], Any], body: Callable[[State], State], state: State) -> State:
-        return jax.lax.while_loop(cond, body, state)
+        return jax.lax.while_loop(cond, body, _varying_like_data(state))
 
     def cond(self, pred: Any, true_fn: Callable[[Any], Any], false_fn: Callable[[Any], Any], operand: Any) -> Any:
         return jax.lax.cond(pred, true_fn, false_fn, operand)
@@ -36,7 +36,7 @@ class JaxBackend(Backend):
         def step(_: Any, s: State) -> State:
             return jax.lax.cond(cond(s), body, lambda t: t, s)
 
-        return jax.lax.fori_loop(0, max_trips, step, state)
+        return jax.lax.fori_loop(0, max_trips, step, _varying_like_data(state))
 
     def stop_gradient(self, x: Any) -> Any:
         return jax.lax.stop_gradient(x)
@@ -55,7 +55,9 @@ class JaxBackend(Backend):
         def f_bwd(static: Any, res: Any, cts: Any) -> Any:
             inputs, outputs = res
             grads = bwd(static, inputs, outputs, tuple(cts[:differentiable_outputs]))
-            return tuple(jnp.zeros_like(x) if g is None else g for x, g in zip(inputs, grads, strict=True))
+            return tuple(
+                jnp.zeros_like(x) if g is None else _reduce_to_type_of(g, x) for x, g in zip(inputs, grads, strict=True)
+            )
 
         f.defvjp(f_fwd, f_bwd)
         # jit with the (hashable) configuration static: eager calls reuse one compiled
@@ -63,5 +65,51 @@ class JaxBackend(Backend):
         # call (0.6 s and ~8 MB per eager call otherwise). Under an outer jit it inlines.
         return jax.jit(f, static_argnums=0)
 
+    def checkpoint(self, fn: Callable[..., Any], *like: Any) -> Callable[..., Any]:
+        # Only traced calls (grad, jit, vmap) keep residuals; eager calls run fn as is.
+        if all(self.is_concrete(x) for x in like):
+            return fn
+        return jax.checkpoint(fn)
+
     def logsumexp(self, x: Any, axis: int) -> Any:
         return jax.nn.logsumexp(x, axis=axis)
+
+
+def _varying_axes(x: Any) -> set[Any]:
+    """The manual mesh axes ``x`` varies over (``{V:b}`` in its type); empty outside shard_map."""
+    aval = jax.typeof(x)
+    manual = getattr(aval, "manual_axis_type", None)  # jax 0.10; earlier releases: aval.vma
+    return set(manual.varying if manual is not None else getattr(aval, "vma", ()))
+
+
+def _reduce_to_type_of(ct: Any, x: Any) -> Any:
+    """The cotangent of ``x`` under ``shard_map``: summed over the axes ``x`` does not vary on.
+
+    An input replicated over a mesh axis (a constant such as uniform weights) whose
+    cotangent varies (it mixes in the sharded data) receives the sum over the devices, the
+    transpose of broadcasting it to them.
+    """
+    extra = tuple(sorted(_varying_axes(ct) - _varying_axes(x)))
+    return jax.lax.psum(ct, extra) if extra else ct
+
+
+def _varying_like_data(state: State) -> State:
+    """The loop state with every array varying over the manual mesh axes the data varies on.
+
+    Under ``jax.shard_map`` the data is "varying" over the sharded axis, but state made from
+    constants (counters, error logs, over-relaxation) is not, while the body makes it so
+    (it mixes in the data): ``while_loop`` then refuses the carry (``int32[2]`` against
+    ``int32[2]{V:b}``). Outside ``shard_map`` nothing varies and the state is unchanged.
+    """
+    leaves, tree = jax.tree_util.tree_flatten(state)
+    axes: set[Any] = set()
+    for leaf in leaves:
+        axes |= _varying_axes(leaf)
+    if not axes:
+        return state
+
+    def widen(leaf: Any) -> Any:
+        missing = tuple(sorted(axes - _varying_axes(leaf)))
+        return jax.lax.pcast(leaf, missing, to="varying") if missing else leaf
+
+    return jax.tree_util.tree_unflatten(tree, [widen(leaf) for leaf in leaves])

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 
 from ._base import Backend
 
@@ -74,7 +75,12 @@ class TorchBackend(Backend):
         return torch.exp(torch.clamp(f[..., :, None] - d, min=log_floor))
 
     def writable(self, x: Any) -> bool:
-        return not x.requires_grad and self.is_concrete(x)
+        # Not while autograd records: x itself may not require grad and still be saved by
+        # an op whose other operand does (the cost or kernel when only target_weights, q or
+        # the weights require grad, under implicit_diff=False); updating it in place then
+        # fails in backward. The implicit path's forward runs in an autograd.Function,
+        # where grad mode is off.
+        return not torch.is_grad_enabled() and not x.requires_grad and self.is_concrete(x)
 
     def matvec(self, mat: Any, vec: Any) -> Any:
         # As a row vector times the transposed view: PyTorch's CPU bmm of (256, 100, 100)
@@ -110,6 +116,17 @@ class TorchBackend(Backend):
             return _Plan.apply(fwd, bwd, differentiable_outputs, static, *inputs)
 
         return f
+
+    def checkpoint(self, fn: Callable[..., Any], *like: Any) -> Callable[..., Any]:
+        # Only while autograd records; non-reentrant: closed-over tensors (target weights,
+        # levels q) get their gradients too.
+        if not torch.is_grad_enabled():
+            return fn
+
+        def checkpointed(*args: Any) -> Any:
+            return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
+
+        return checkpointed
 
     def logsumexp(self, x: Any, axis: int) -> Any:
         return torch.logsumexp(x, dim=axis)
