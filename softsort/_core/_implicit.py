@@ -8,7 +8,17 @@ sums ``b``. Given ``G = dL/dP`` and ``Gh = G * P``, solve the symmetric system
 
 (null space ``(1, -1)``); then ``dL/dC = P * (u_i + v_j - G_ij) / eps``, ``dL/db = v`` and
 ``dL/da = u`` (both up to a constant, which is all a probability vector's gradient is).
-The iterations themselves are never differentiated, so memory does not grow with them.
+
+The fixed point depends on the cost only through ``K = C / eps`` (the conditions in
+``alpha = f / eps``, ``beta = g / eps`` involve ``K`` alone), so ``dL/dK = eps dL/dC`` and
+``dL/deps = sum_ij dL/dK_ij dK_ij/deps = -sum_ij dL/dC_ij C_ij / eps``.
+
+Forward mode differentiates the same conditions along tangents: with ``W = P * dK``
+(``dK = dC / eps - C deps / eps**2``) the same matrix gives ``(d alpha, d beta)`` from the
+right-hand side ``(da + W 1, db + W^T 1)``, and ``dP = P * (d alpha_i + d beta_j) - W``; the
+backward above is its adjoint. The iterations themselves are never differentiated, so
+memory does not grow with them; the solve is linear in its right-hand side and
+differentiable in the plan, so both rules can be differentiated again (second order).
 
 ``a`` and ``b`` are taken as the *actual* marginals of ``P``: at a finite threshold they
 differ from the requested ones, and only the actual ones make ``(1, -1)`` an exact null

@@ -1,9 +1,11 @@
-"""The transport plan as a differentiable function with one hand-written backward.
+"""The transport plan as a differentiable function with hand-written derivative rules.
 
 ``plan(z, a, b, eps)`` runs the Sinkhorn solve (:mod:`._sinkhorn`) and returns the plan;
-its backward is the implicit one (:mod:`._implicit`). The adapter's ``custom_vjp`` wires
-that backward into the framework's autodiff, so everything around the plan -- squashing,
-target weights, read-outs -- is differentiated by the framework itself.
+its backward and its forward-mode rule are the implicit ones (:mod:`._implicit`), in every
+input: ``z``, both weights and ``eps``. The adapter's ``custom_vjp`` wires them into the
+framework's autodiff (JAX: reverse mode by transposing the forward rule), so everything
+around the plan -- squashing, target weights, read-outs -- is differentiated by the
+framework itself, to any order.
 Documented by :func:`softsort.transport_for_sort`.
 """
 
