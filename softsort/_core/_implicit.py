@@ -8,7 +8,17 @@ sums ``b``. Given ``G = dL/dP`` and ``Gh = G * P``, solve the symmetric system
 
 (null space ``(1, -1)``); then ``dL/dC = P * (u_i + v_j - G_ij) / eps``, ``dL/db = v`` and
 ``dL/da = u`` (both up to a constant, which is all a probability vector's gradient is).
-The iterations themselves are never differentiated, so memory does not grow with them.
+
+The fixed point depends on the cost only through ``K = C / eps`` (the conditions in
+``alpha = f / eps``, ``beta = g / eps`` involve ``K`` alone), so ``dL/dK = eps dL/dC`` and
+``dL/deps = sum_ij dL/dK_ij dK_ij/deps = -sum_ij dL/dC_ij C_ij / eps``.
+
+Forward mode differentiates the same conditions along tangents: with ``W = P * dK``
+(``dK = dC / eps - C deps / eps**2``) the same matrix gives ``(d alpha, d beta)`` from the
+right-hand side ``(da + W 1, db + W^T 1)``, and ``dP = P * (d alpha_i + d beta_j) - W``; the
+backward above is its adjoint. The iterations themselves are never differentiated, so
+memory does not grow with them; the solve is linear in its right-hand side and
+differentiable in the plan, so both rules can be differentiated again (second order).
 
 ``a`` and ``b`` are taken as the *actual* marginals of ``P``: at a finite threshold they
 differ from the requested ones, and only the actual ones make ``(1, -1)`` an exact null
@@ -60,31 +70,27 @@ def _cg_solve(backend: Any, config: SolverConfig, matvec: Any, diag: Any, rhs: A
     return x
 
 
-def plan_vjp(backend: Any, config: SolverConfig, plan: Any, eps: Any, cot: Any) -> tuple[Any, Any, Any]:
-    """Cotangents of the cost matrix and of the target weights, given ``cot = dL/dP``.
+def _marginal_solve(backend: Any, config: SolverConfig, plan: Any, ra: Any, rb: Any) -> tuple[Any, Any]:
+    """Solve ``[diag(a) P; P^T diag(b)] [u; v] = [ra; rb]`` (``sum(ra) = sum(rb)``).
 
-    Returns ``(dL/dC, dL/da, dL/db)``; the weight cotangents are centred to sum to zero.
-    Shapes: ``plan`` and ``cot`` (B, n, m), ``eps`` (B,).
+    Linear in ``(ra, rb)`` and differentiable in ``plan`` (the adapter's ``linear_solve``
+    makes the iterative solve transposable), so the backward and the forward-mode rule can
+    themselves be differentiated. Shapes: ``plan`` (B, n, m), ``ra`` (B, n), ``rb`` (B, m).
     """
     xp = backend.xp
     n, m = plan.shape[-2], plan.shape[-1]
-    gh = cot * plan
-    ra = xp.sum(gh, axis=-1)
-    rb = xp.sum(gh, axis=-2)
-    del gh  # eager libraries free it: the backward then holds at most four n x m arrays
     a = xp.sum(plan, axis=-1)
     b = xp.sum(plan, axis=-2)
     tiny = xp.finfo(plan.dtype).smallest_normal
     a = xp.where(a > tiny, a, xp.full_like(a, tiny))
     b = xp.where(b > tiny, b, xp.full_like(b, tiny))
-    pt = xp.matrix_transpose(plan)
     mv = backend.matvec
 
     # Eliminate the larger block and solve the Schur complement on the smaller one.
     if m <= n:
         big, small, r_big, r_small, p_bs = a, b, ra, rb, plan  # p_bs: (big, small)
     else:
-        big, small, r_big, r_small, p_bs = b, a, rb, ra, pt
+        big, small, r_big, r_small, p_bs = b, a, rb, ra, xp.matrix_transpose(plan)
     p_sb = xp.matrix_transpose(p_bs)
     k = small.shape[-1]
     rhs = r_small - mv(p_sb, r_big / big)
@@ -109,13 +115,74 @@ def plan_vjp(backend: Any, config: SolverConfig, plan: Any, eps: Any, cot: Any) 
 
         diag = small - xp.sum(p_bs * p_bs / big[..., None], axis=-2) + pin + ridge
         diag = xp.where(diag > tiny, diag, xp.full_like(diag, tiny))
-        x_small = _cg_solve(backend, config, matvec, diag, rhs)
+        diag = backend.stop_gradient(diag)  # a preconditioner: it changes the iterates, not the solution
+
+        def solve(r: Any) -> Any:
+            return _cg_solve(backend, config, matvec, diag, r)
+
+        x_small = backend.linear_solve(matvec, solve, rhs)
     x_big = (r_big - mv(p_bs, x_small)) / big
-    if m <= n:
-        u, v = x_big, x_small
-    else:
-        u, v = x_small, x_big
+    return (x_big, x_small) if m <= n else (x_small, x_big)
+
+
+def _centred(xp: Any, w: Any) -> Any:
+    return w - xp.mean(w, axis=-1, keepdims=True)
+
+
+def plan_vjp(backend: Any, config: SolverConfig, plan: Any, eps: Any, cot: Any) -> tuple[Any, Any, Any]:
+    """Cotangents of the cost matrix and of the target weights, given ``cot = dL/dP``.
+
+    Returns ``(dL/dC, dL/da, dL/db)``; the weight cotangents are centred to sum to zero.
+    Shapes: ``plan`` and ``cot`` (B, n, m), ``eps`` (B,). The cotangent of epsilon follows
+    from ``dL/dC`` alone (see :func:`eps_cotangent`).
+    """
+    xp = backend.xp
+    gh = cot * plan
+    ra = xp.sum(gh, axis=-1)
+    rb = xp.sum(gh, axis=-2)
+    del gh  # eager libraries free it: the backward then holds at most four n x m arrays
+    u, v = _marginal_solve(backend, config, plan, ra, rb)
     d_cost = plan * (u[..., :, None] + v[..., None, :] - cot) / eps[..., None, None]
-    d_a = u - xp.mean(u, axis=-1, keepdims=True)
-    d_b = v - xp.mean(v, axis=-1, keepdims=True)
-    return d_cost, d_a, d_b
+    return d_cost, _centred(xp, u), _centred(xp, v)
+
+
+def eps_cotangent(backend: Any, d_cost: Any, z: Any, y: Any, eps: Any) -> Any:
+    """``dL/deps = -sum_ij dL/dC_ij C_ij / eps`` for ``C_ij = (z_i - y_j)**2``, without an n x m cost.
+
+    The plan depends on the cost only through ``C / eps``: ``dL/d(C/eps) = eps dL/dC`` and
+    ``d(C/eps)/deps = -C / eps**2``. Shapes: ``d_cost`` (B, n, m), ``z`` (B, n), ``y`` (m,).
+    """
+    xp = backend.xp
+    rows = xp.sum(d_cost, axis=-1)  # (B, n)
+    cols = xp.sum(d_cost, axis=-2)  # (B, m)
+    cross = backend.matvec(d_cost, xp.broadcast_to(y, cols.shape))  # (B, n): sum_j dC_ij y_j
+    total = xp.sum(z * z * rows - 2.0 * z * cross, axis=-1) + xp.sum(cols * (y * y), axis=-1)
+    return -total / eps
+
+
+def plan_jvp(
+    backend: Any, config: SolverConfig, plan: Any, z: Any, y: Any, eps: Any, dz: Any, da: Any, db: Any, de: Any
+) -> Any:
+    """Tangent of the plan for tangents ``dz, da, db, de`` of ``z, a, b, eps``.
+
+    ``log P = alpha_i + beta_j - C_ij / eps`` (``alpha = f / eps``): differentiating the
+    marginal conditions gives the system of :func:`plan_vjp` for ``(d alpha, d beta)`` with
+    right-hand side ``(da + W 1, db + W^T 1)``, ``W = P * d(C / eps)``; then
+    ``dP = P * (d alpha_i + d beta_j) - W``. The weight tangents are centred (the adjoint of
+    the centred cotangents). ``d(C/eps)_ij = p_i + q_i y_j + r y_j**2`` with vectors
+    ``p, q, r`` (C = z**2 - 2 z y + y**2), so no n x m array but the plan is kept.
+    """
+    xp = backend.xp
+    e = eps[..., None]
+    p = (2.0 * z * dz - z * z * de[..., None] / e) / e  # (B, n)
+    q = (-2.0 * dz + 2.0 * z * de[..., None] / e) / e  # (B, n)
+    r = -de[..., None] / (e * e)  # (B, 1)
+    yb = xp.broadcast_to(y, (*plan.shape[:-2], plan.shape[-1]))
+    mv, vm = backend.matvec, backend.vecmat
+    a = xp.sum(plan, axis=-1)
+    b = xp.sum(plan, axis=-2)
+    w_rows = p * a + q * mv(plan, yb) + r * mv(plan, yb * yb)
+    w_cols = vm(p, plan) + yb * vm(q, plan) + r * yb * yb * b
+    dalpha, dbeta = _marginal_solve(backend, config, plan, _centred(xp, da) + w_rows, _centred(xp, db) + w_cols)
+    shift = (dalpha - p)[..., :, None] + (dbeta - r * yb * yb)[..., None, :] - q[..., :, None] * yb[..., None, :]
+    return plan * shift

@@ -48,7 +48,9 @@ def quantile_weights(xp: Any, q_sorted: Any, n: int, weight: Any) -> Any:
     if weight is None:
         caps.append(xp.asarray([0.02, 1.5 / n], dtype=dt, device=dev))
     else:
-        caps.append(xp.reshape(xp.asarray(weight, dtype=dt, device=dev), (-1,)))
+        # weight is already an array of the compute dtype (softsort._validate.as_compute); no
+        # asarray: PyTorch warns on asarray of a tensor that requires grad.
+        caps.append(xp.reshape(weight, (-1,)))
     w = xp.min(xp.concat(caps))
     shift = xp.concat(
         [

@@ -77,8 +77,9 @@ class Backend:
         fwd: Callable[..., tuple[Any, ...]],
         bwd: Callable[..., tuple[Any, ...]],
         differentiable_outputs: int,
+        jvp: Callable[..., tuple[Any, ...]] | None = None,
     ) -> Callable[..., tuple[Any, ...]]:
-        """Attach a hand-written backward pass to ``fwd``.
+        """Attach a hand-written backward pass (and forward-mode rule) to ``fwd``.
 
         Parameters
         ----------
@@ -91,6 +92,11 @@ class Backend:
             one cotangent (or ``None``) per input.
         differentiable_outputs
             How many leading outputs carry gradients; the rest are diagnostics.
+        jvp
+            ``jvp(static, inputs, outputs, tangents) -> output_tangents`` (one per
+            differentiable output; a tangent ``None`` is zero), linear in ``tangents``. A
+            framework may build every derivative from it (JAX: reverse mode by transposing
+            it) or use it for forward mode only (PyTorch).
 
         Returns
         -------
@@ -98,7 +104,7 @@ class Backend:
             ``f(static, *inputs) -> outputs``. Eager libraries without autodiff get
             ``fwd`` itself: they differentiate through :func:`softsort.vjp` instead.
         """
-        del bwd, differentiable_outputs
+        del bwd, differentiable_outputs, jvp
         return fwd
 
     def checkpoint(self, fn: Callable[..., Any], *like: Any) -> Callable[..., Any]:
@@ -111,6 +117,17 @@ class Backend:
         """
         del like
         return fn
+
+    def linear_solve(self, matvec: Callable[[Any], Any], solve: Callable[[Any], Any], rhs: Any) -> Any:
+        """``solve(rhs)`` for the symmetric linear map ``matvec``, differentiable as a linear solve.
+
+        ``solve`` may iterate (conjugate gradients): an adapter whose autodiff cannot go
+        through its loop differentiates the solve implicitly instead (transpose: the same
+        solve; derivative in ``matvec``'s parameters: ``-A^{-1} dA x``). Eager libraries
+        record the iterations, which is exact up to the solver's tolerance.
+        """
+        del matvec
+        return solve(rhs)
 
     # -- optional fast paths ----------------------------------------------------------
     def clip(self, x: Any, low: float | None, high: float | None) -> Any:

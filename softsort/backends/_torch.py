@@ -15,37 +15,47 @@ from typing import Any
 import torch
 import torch.utils.checkpoint
 
-from ._base import Backend
+from ._base import Backend, State
 
 
 class _Plan(torch.autograd.Function):
     @staticmethod
-    def forward(fwd: Callable[..., Any], bwd: Callable[..., Any], nout: int, static: Any, *inputs: Any) -> Any:
-        return fwd(static, *inputs)
+    def forward(rules: Any, nout: int, static: Any, *inputs: Any) -> Any:
+        return rules[0](static, *inputs)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: Any, output: Any) -> None:
-        _, bwd, nout, static, *tensors = inputs
-        ctx.bwd, ctx.nout, ctx.static, ctx.num_inputs = bwd, nout, static, len(tensors)
+        rules, nout, static, *tensors = inputs
+        ctx.rules, ctx.nout, ctx.static, ctx.num_inputs = rules, nout, static, len(tensors)
         ctx.mark_non_differentiable(*output[nout:])
         ctx.save_for_backward(*tensors, *output)
+        ctx.save_for_forward(*tensors, *output)
 
     @staticmethod
     def backward(ctx: Any, *grads: Any) -> Any:
+        # Recorded under create_graph=True: the saved plan's own grad_fn is this Function,
+        # so second derivatives use the implicit rule again, never the Sinkhorn loop.
         saved = ctx.saved_tensors
         inputs, outputs = saved[: ctx.num_inputs], saved[ctx.num_inputs :]
         cts = tuple(grads[: ctx.nout])
-        in_grads = ctx.bwd(ctx.static, inputs, outputs, cts)
-        return (None, None, None, None, *in_grads)
+        in_grads = ctx.rules[1](ctx.static, inputs, outputs, cts)
+        return (None, None, None, *in_grads)
 
     @staticmethod
-    def vmap(info: Any, in_dims: Any, fwd: Any, bwd: Any, nout: int, static: Any, *inputs: Any) -> Any:
+    def jvp(ctx: Any, *tangents: Any) -> Any:
+        saved = ctx.saved_tensors
+        inputs, outputs = saved[: ctx.num_inputs], saved[ctx.num_inputs :]
+        d_out = ctx.rules[2](ctx.static, inputs, outputs, tuple(tangents[3:]))
+        return (*d_out, *(None for _ in outputs[ctx.nout :]))
+
+    @staticmethod
+    def vmap(info: Any, in_dims: Any, rules: Any, nout: int, static: Any, *inputs: Any) -> Any:
         size = info.batch_size
         folded = []
-        for x, dim in zip(inputs, in_dims[4:], strict=True):
+        for x, dim in zip(inputs, in_dims[3:], strict=True):
             x = x.expand(size, *x.shape) if dim is None else x.movedim(dim, 0)
             folded.append(x.reshape(size * x.shape[1], *x.shape[2:]))
-        outputs = _Plan.apply(fwd, bwd, nout, static, *folded)
+        outputs = _Plan.apply(rules, nout, static, *folded)
         unfolded, out_dims = [], []
         for o in outputs:
             if o.ndim == 0:  # the iteration count: one for the whole folded batch
@@ -55,6 +65,23 @@ class _Plan(torch.autograd.Function):
                 unfolded.append(o.reshape(size, o.shape[0] // size, *o.shape[1:]))
                 out_dims.append(0)
         return tuple(unfolded), tuple(out_dims)
+
+
+def _peeled(x: Any) -> Any:
+    """The plain tensor under every torch.func wrapper (a vmapped tensor: all its examples)."""
+    while torch._C._functorch.is_functorch_wrapped_tensor(x):
+        x = torch._C._functorch.get_unwrapped(x)
+    return x
+
+
+def _select(pred: Any, new: Any, old: Any) -> Any:
+    """``new`` where the 0-d ``pred`` holds, else ``old``, for every array of a state."""
+    if isinstance(new, tuple):
+        items = tuple(_select(pred, n, o) for n, o in zip(new, old, strict=True))
+        return type(new)(*items) if hasattr(new, "_fields") else items
+    if new is None or old is None:
+        return new
+    return torch.where(pred, new, old)
 
 
 class TorchBackend(Backend):
@@ -110,10 +137,16 @@ class TorchBackend(Backend):
         return x.detach()
 
     def custom_vjp(
-        self, fwd: Callable[..., Any], bwd: Callable[..., Any], differentiable_outputs: int
+        self,
+        fwd: Callable[..., Any],
+        bwd: Callable[..., Any],
+        differentiable_outputs: int,
+        jvp: Callable[..., Any] | None = None,
     ) -> Callable[..., Any]:
+        rules = (fwd, bwd, jvp)
+
         def f(static: Any, *inputs: Any) -> Any:
-            return _Plan.apply(fwd, bwd, differentiable_outputs, static, *inputs)
+            return _Plan.apply(rules, differentiable_outputs, static, *inputs)
 
         return f
 
@@ -127,6 +160,28 @@ class TorchBackend(Backend):
             return torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
 
         return checkpointed
+
+    def while_loop(self, cond: Callable[[State], Any], body: Callable[[State], State], state: State) -> State:
+        pred = cond(state)
+        if not torch._C._functorch.is_functorch_wrapped_tensor(pred):
+            while bool(pred):
+                state = body(state)
+                pred = cond(state)
+            return state
+        # Under torch.func transforms (vmap, grad, jvp) the condition may differ between the
+        # examples of a vmap and cannot be read through it. Run while any example's holds,
+        # each example's state frozen once its own condition is False: the same iterates
+        # as one loop per example.
+        while bool(_peeled(pred).any()):
+            state = _select(pred, body(state), state)
+            pred = cond(state)
+        return state
+
+    def cond(self, pred: Any, true_fn: Callable[[Any], Any], false_fn: Callable[[Any], Any], operand: Any) -> Any:
+        if not torch._C._functorch.is_functorch_wrapped_tensor(pred):
+            return true_fn(operand) if bool(pred) else false_fn(operand)
+        # Per-example branches under a transform: both computed, each example's taken.
+        return _select(pred, true_fn(operand), false_fn(operand))
 
     def logsumexp(self, x: Any, axis: int) -> Any:
         return torch.logsumexp(x, dim=axis)
