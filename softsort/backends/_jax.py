@@ -12,7 +12,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+from jax.custom_derivatives import SymbolicZero
 
 from ._base import Backend, State
 
@@ -62,11 +62,14 @@ class JaxBackend(Backend):
 
         def f_jvp(static: Any, primals: Any, tangents: Any) -> Any:
             outputs = f(static, *primals)
-            d_out = jvp(static, tuple(primals), outputs, tuple(tangents))
+            tangents = tuple(_instantiate(t, p) for t, p in zip(tangents, primals, strict=True))
+            d_out = jvp(static, tuple(primals), outputs, tangents)
             rest = tuple(_zero_tangent(o) for o in outputs[differentiable_outputs:])
             return outputs, (*d_out, *rest)
 
-        f.defjvp(f_jvp)
+        # Symbolic zeros: the diagnostics' zero tangents then take the outputs' types, which
+        # under shard_map vary over the mesh axes (a float0 array cannot).
+        f.defjvp(f_jvp, symbolic_zeros=True)
         # jit with the (hashable) configuration static: eager calls reuse one compiled
         # solver per configuration and shapes instead of re-tracing the while loop each
         # call (0.6 s and ~8 MB per eager call otherwise). Under an outer jit it inlines.
@@ -149,7 +152,10 @@ def _varying_like_data(state: State) -> State:
 
 
 def _zero_tangent(x: Any) -> Any:
-    """A zero tangent for an output that carries none (float0 for integer outputs)."""
-    if jnp.issubdtype(x.dtype, jnp.inexact):
-        return jnp.zeros_like(x)
-    return np.zeros(x.shape, dtype=jax.dtypes.float0)
+    """A symbolic zero tangent for an output that carries none (diagnostics, counts)."""
+    return SymbolicZero(jax.typeof(x).to_tangent_aval())
+
+
+def _instantiate(t: Any, primal: Any) -> Any:
+    """An input tangent as an array (zeros where JAX passes a symbolic zero)."""
+    return jnp.zeros_like(primal) if isinstance(t, SymbolicZero) else t
