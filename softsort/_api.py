@@ -138,7 +138,7 @@ def _report(fname: str, backend: Backend, t: Transport, config: SolverConfig) ->
             f"max_iterations={config.max_iterations} for {bad} of {converged.shape[0]} problem(s); "
             "increase max_iterations or epsilon, or loosen threshold"
         )
-        warnings.warn(msg, ConvergenceWarning, stacklevel=4)
+        warnings.warn(msg, ConvergenceWarning, stacklevel=check.stacklevel())
     return converged
 
 
@@ -148,6 +148,7 @@ def _along_axis(
     axis: Any,
     options: dict[str, Any],
     make_op: Callable[[Backend, int, Any, Any], ops.Operator],
+    /,
     allow_tuple: bool = False,
     name: str = "x",
     **others: Any,
@@ -164,8 +165,8 @@ def _along_axis(
     if layout.n == 0:
         msg = f"{fname}() needs at least one value along axis {axis!r}, got shape {tuple(x.shape)}"
         raise ValueError(msg)
-    dtype, out_dtype = check.compute_dtype(fname, name, xp, x)
-    dev = _compat.device(x)
+    dtype, out_dtype = check.compute_dtype(fname, name, xp, x, **others)
+    dev = check.placement(x)
     check.finite(fname, name, backend, x)
     x2 = layout.flatten(xp.astype(x, dtype) if x.dtype != dtype else x)
     eps = check.epsilon_array(fname, backend, epsilon, dtype, dev)
@@ -177,7 +178,7 @@ def _along_axis(
         x2,
         x2,
         eps,
-        squash,
+        check.squashing(fname, backend, squash),
         config,
         out_dtype,
         layout.unflatten_output,
@@ -392,6 +393,7 @@ def topk_mask(x: Any, /, k: int = 1, *, axis: int = -1, **options: Any) -> Any:
 
 def _quantile(x: Any, /, q: Any = None, *, axis: Any = -1, weight: Any = None, **options: Any) -> _Call:
     fname = "quantile"
+    check.levels(fname, q)
 
     def make(backend: Backend, n: int, dtype: Any, dev: Any) -> ops.Operator:
         xp = backend.xp
@@ -406,6 +408,10 @@ def _quantile(x: Any, /, q: Any = None, *, axis: Any = -1, weight: Any = None, *
             raise ValueError(msg)
         if check.violated(backend, xp.all((qa > 0) & (qa < 1))):
             msg = f"{fname}() argument 'q' must lie strictly between 0 and 1, got {check._short(levels)}"
+            given = levels if isinstance(levels, (list, tuple)) else [levels]
+            if not _compat.is_array_api_obj(levels) and all(0 < v < 1 for v in given):
+                # In (0, 1) as Python floats, but not in the compute dtype.
+                msg += f", which round to 0 or 1 in the compute dtype {dtype} (pass float64 input)"
             raise ValueError(msg)
         if qa.shape[0] > 1:
             ordered = xp.sort(qa)
@@ -591,15 +597,16 @@ def quantile_normalization(x: Any, /, targets: Any, *, weights: Any = None, axis
 def _sort_with(x: Any, /, criterion: Any, *, topk: int | None = None, **options: Any) -> _Call:
     fname = "sort_with"
     xp = check.namespace(fname, x=x, criterion=criterion)
-    if not _compat.is_array_api_obj(criterion):
-        msg = f"{fname}() argument 'criterion' must be an array, got {check._short(criterion)}"
-        raise TypeError(msg)
-    crit = criterion
-    if crit.ndim >= 2 and crit.shape[-1] == 1 and x.ndim >= 1 and crit.shape[-2] == x.shape[0 if x.ndim == 1 else -2]:
-        crit = crit[..., 0]  # OTT-JAX's (n, 1) criterion
+    if x.ndim == 0:
+        msg = f"{fname}() argument 'x' must have at least one dimension, got a 0-d array"
+        raise ValueError(msg)
     vector = x.ndim == 1
     rows = x[:, None] if vector else x
-    if crit.ndim < 1 or tuple(rows.shape[:-1]) != tuple(crit.shape):
+    crit = criterion
+    want = tuple(rows.shape[:-1])  # x (..., n, d) sorts by criterion (..., n)
+    if tuple(crit.shape) != want and crit.ndim >= 1 and crit.shape[-1] == 1 and tuple(crit.shape[:-1]) == want:
+        crit = crit[..., 0]  # OTT-JAX's (n, 1) criterion
+    if crit.ndim < 1 or tuple(crit.shape) != want:
         msg = (
             f"{fname}() argument 'criterion' must have shape {tuple(rows.shape[:-1])} "
             f"(x without its last axis), got {tuple(criterion.shape)}"
@@ -611,9 +618,9 @@ def _sort_with(x: Any, /, criterion: Any, *, topk: int | None = None, **options:
     def make(backend: Backend, n: int, dtype: Any, dev: Any) -> ops.Operator:
         return ops.sort_op(k, None, rows=True)
 
-    call = _along_axis(fname, crit, -1, options, make, name="criterion")
+    # The rows promote with the criterion: both are computed in their common dtype.
+    call = _along_axis(fname, crit, -1, options, make, name="criterion", x=x)
     b = call.backend
-    _, out_dtype = check.compute_dtype(fname, "x", xp, rows)
     check.finite(fname, "x", b, rows)
     batch = tuple(rows.shape[:-2])
     size, d = math.prod(batch), rows.shape[-1]
@@ -632,9 +639,7 @@ def _sort_with(x: Any, /, criterion: Any, *, topk: int | None = None, **options:
         g = xp.reshape(g, (*batch, n, d))
         return g[..., 0] if vector else g
 
-    return call._replace(
-        values=values, out_dtype=out_dtype, to_user=to_user, from_user=from_user, grad_to_user=grad_to_user
-    )
+    return call._replace(values=values, to_user=to_user, from_user=from_user, grad_to_user=grad_to_user)
 
 
 def sort_with(x: Any, /, criterion: Any, *, topk: int | None = None, **options: Any) -> Any:
@@ -760,11 +765,12 @@ def transport_for_sort(
     def shape(a: Any) -> Any:
         return xp.reshape(a, (*batch, *a.shape[1:]))
 
+    # Potentials and errors in the output dtype too (float16 input is solved in float32).
     return TransportResult(
         shape(call.cast(plan)),
-        shape(t.f),
-        shape(t.g),
-        shape(t.errors),
+        shape(call.cast(t.f)),
+        shape(call.cast(t.g)),
+        shape(call.cast(t.errors)),
         xp.reshape(t.iterations, batch),
         xp.reshape(converged, batch),
     )
@@ -842,11 +848,7 @@ def vjp(fun: Callable[..., Any], x: Any, /, *args: Any, **kwargs: Any) -> tuple[
 
     def vjp_fn(cotangent: Any) -> Any:
         xp = call.backend.xp
-        if tuple(cotangent.shape) != tuple(user_out.shape):
-            msg = (
-                f"vjp_fn() cotangent must have the output's shape {tuple(user_out.shape)}, got {tuple(cotangent.shape)}"
-            )
-            raise ValueError(msg)
+        check.cotangent("vjp_fn", call.backend, cotangent, tuple(user_out.shape))
         grad = call.grad_to_user(pullback(call.from_user(cotangent)))
         if xp.isdtype(x_dtype, "real floating") and grad.dtype != x_dtype:
             grad = xp.astype(grad, x_dtype)
