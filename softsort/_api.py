@@ -228,8 +228,13 @@ def sort(x: Any, /, *, axis: int = -1, topk: int | None = None, num_targets: int
     Parameters
     ----------
     x : array
-        Values to sort (any array API library; integers are promoted to the default
-        floating dtype, float16/bfloat16 are computed in float32 and cast back).
+        Values to sort (any array API library). The output dtype, used for the whole
+        computation, is the promoted dtype of every floating array argument of the call
+        (``x``, and for the other operators ``criterion``, ``targets``, ``weights``,
+        ``target_weights``, ``q``, ``weight``); Python numbers and ``epsilon`` do not
+        promote, integer arrays take no part, and without any floating argument the
+        library's default floating dtype is used. float16/bfloat16 are computed in
+        float32 and cast back.
     axis : int
         Axis to sort along. Other axes are a batch, solved in one batched Sinkhorn.
     topk : int, optional
@@ -239,9 +244,15 @@ def sort(x: Any, /, *, axis: int = -1, topk: int | None = None, num_targets: int
     num_targets : int, optional
         Number of composite sorted values (default ``n``).
     **options
-        ``epsilon`` (default ``1e-2``; number or 0-d array, may be traced),
+        ``epsilon`` (default ``1e-2``; number or 0-d array of the input's library, may be
+        traced; checked in the compute dtype to lie in ``[machine epsilon, 1 / machine
+        epsilon]``, e.g. ``[1.2e-7, 8.4e6]`` in float32: below, the solver's potentials
+        lose all precision, above, the result is the ``epsilon -> inf`` limit),
         ``squashing_fun`` (callable mapping ``(..., n)`` values into [0, 1] along the
-        last axis; default ``sigmoid((x - mean) / (std + 1e-10))``), ``threshold``
+        last axis; it must return a finite array of the library, shape and dtype it
+        receives; default ``sigmoid((x - mean) / (std + 1e-10 * min(1, s)))`` with
+        ``s = max|x - mean|``: OTT-JAX's for rows with ``s >= 1``, scale-free below),
+        ``threshold``
         (``1e-3``, L1 error of the target marginal), ``max_iterations`` (``2000``),
         ``inner_iterations`` (``10``, iterations between convergence checks),
         ``implicit_diff`` (``True``: gradients by implicit differentiation; ``False``:
@@ -255,9 +266,12 @@ def sort(x: Any, /, *, axis: int = -1, topk: int | None = None, num_targets: int
     Raises
     ------
     ValueError
-        Non-finite values, an empty axis, ``topk`` outside ``[1, n]``, bad options.
+        Non-finite values, an empty axis, ``topk`` outside ``[1, n]``, bad options
+        (``epsilon`` outside its range), a PyTorch meta tensor.
     TypeError
-        Complex input, a non-array, arrays of two libraries, an unknown option.
+        Complex input, a non-array (any array argument), a ``numpy.ma.MaskedArray``,
+        arrays of two libraries, an unknown option, a ``squashing_fun`` output of the
+        wrong library or dtype.
 
     Notes
     -----
