@@ -434,7 +434,7 @@ def cotangent(fname: str, backend: Any, cot: Any, shape: tuple[int, ...]) -> Non
 
 def levels(fname: str, q: Any) -> None:
     """``q`` of :func:`softsort.quantile` given as Python values: a real number or a sequence of them."""
-    if _compat.is_array_api_obj(q):
+    if q is None or _compat.is_array_api_obj(q):  # None: the default levels
         return
     items = q if isinstance(q, (list, tuple)) else [q]
     if any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in items):

@@ -116,6 +116,14 @@ def test_non_array_argument_raises_naming_it(lib: Lib, call, match: str) -> None
         call(lib, lib.asarray(X5))
 
 
+def test_quantile_default_and_sequence_levels_accepted(lib: Lib) -> None:
+    x = lib.asarray(X5)
+    default = lib.to_numpy(softsort.quantile(x, epsilon=1e-3))
+    given = lib.to_numpy(softsort.quantile(x, (0.2, 0.5, 0.8), epsilon=1e-3))
+    np.testing.assert_allclose(default, given)
+    np.testing.assert_allclose(given[1], np.median(X5), atol=1e-2)  # the soft median is the median
+
+
 def test_quantile_level_rounding_to_one_says_so(lib: Lib) -> None:
     x = lib.asarray(X5, dtype=lib.xp.float32)
     with pytest.raises(ValueError, match=r"0\.999999999, which round to 0 or 1 in the compute dtype .*float32"):
