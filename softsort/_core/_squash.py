@@ -43,7 +43,7 @@ def _floor(xp: Any, scale: Any) -> Any:
 
     OTT-JAX adds an absolute ``1e-10``, so rows whose spread is near or below 1e-10 all map
     to 0.5 and scale equivariance ``sort(c x) = c sort(x)`` fails for small ``c``. Rows with
-    ``max|x - mean| >= 1`` get OTT-JAX's floor exactly (the same numbers, bit for bit);
+    ``max|x - mean| >= 1`` get OTT-JAX's floor exactly (the same numbers up to rounding);
     smaller rows a floor proportional to their spread, so that ``(x - mean) / (std + floor)``
     does not depend on the scale of the row. A constant row (scale 0) keeps the absolute
     floor: its centred values are exactly 0, it maps to 0.5 as before.
@@ -55,7 +55,11 @@ def default_squash(backend: Any, x: Any) -> Any:
     """``sigmoid((x - mean) / (std + 1e-10 * min(1, max|x - mean|)))`` along the last axis (population std)."""
     xp = backend.xp
     centred, std, scale = _centred_std(backend, x)
-    return _sigmoid(xp, centred / (std + _floor(xp, scale)))
+    # Divided in units of the row's scale: autodiff of centred / denom takes the square of
+    # denom (d(a/b)/db = -a/b**2), and 1e-30**2 underflows float32 to 0 (inf, then NaN
+    # gradients for rows of scale 1e-30); both terms below are O(1).
+    safe = xp.where(scale > 0, scale, xp.ones_like(scale))
+    return _sigmoid(xp, (centred / safe) / ((std + _floor(xp, scale)) / safe))
 
 
 def default_squash_vjp(backend: Any, x: Any, d_z: Any) -> Any:
