@@ -138,7 +138,7 @@ def _report(fname: str, backend: Backend, t: Transport, config: SolverConfig) ->
             f"max_iterations={config.max_iterations} for {bad} of {converged.shape[0]} problem(s); "
             "increase max_iterations or epsilon, or loosen threshold"
         )
-        warnings.warn(msg, ConvergenceWarning, stacklevel=4)
+        warnings.warn(msg, ConvergenceWarning, stacklevel=check.stacklevel())
     return converged
 
 
@@ -148,6 +148,7 @@ def _along_axis(
     axis: Any,
     options: dict[str, Any],
     make_op: Callable[[Backend, int, Any, Any], ops.Operator],
+    /,
     allow_tuple: bool = False,
     name: str = "x",
     **others: Any,
@@ -164,8 +165,8 @@ def _along_axis(
     if layout.n == 0:
         msg = f"{fname}() needs at least one value along axis {axis!r}, got shape {tuple(x.shape)}"
         raise ValueError(msg)
-    dtype, out_dtype = check.compute_dtype(fname, name, xp, x)
-    dev = _compat.device(x)
+    dtype, out_dtype = check.compute_dtype(fname, name, xp, x, **others)
+    dev = check.placement(x)
     check.finite(fname, name, backend, x)
     x2 = layout.flatten(xp.astype(x, dtype) if x.dtype != dtype else x)
     eps = check.epsilon_array(fname, backend, epsilon, dtype, dev)
@@ -177,7 +178,7 @@ def _along_axis(
         x2,
         x2,
         eps,
-        squash,
+        check.squashing(fname, backend, squash),
         config,
         out_dtype,
         layout.unflatten_output,
@@ -227,8 +228,13 @@ def sort(x: Any, /, *, axis: int = -1, topk: int | None = None, num_targets: int
     Parameters
     ----------
     x : array
-        Values to sort (any array API library; integers are promoted to the default
-        floating dtype, float16/bfloat16 are computed in float32 and cast back).
+        Values to sort (any array API library). The output dtype, used for the whole
+        computation, is the promoted dtype of every floating array argument of the call
+        (``x``, and for the other operators ``criterion``, ``targets``, ``weights``,
+        ``target_weights``, ``q``, ``weight``); Python numbers and ``epsilon`` do not
+        promote, integer arrays take no part, and without any floating argument the
+        library's default floating dtype is used. float16/bfloat16 are computed in
+        float32 and cast back.
     axis : int
         Axis to sort along. Other axes are a batch, solved in one batched Sinkhorn.
     topk : int, optional
@@ -238,14 +244,18 @@ def sort(x: Any, /, *, axis: int = -1, topk: int | None = None, num_targets: int
     num_targets : int, optional
         Number of composite sorted values (default ``n``).
     **options
-        ``epsilon`` (default ``1e-2``; number or 0-d array, may be traced; at least the
-        compute dtype's machine epsilon, about ``1.2e-7`` in float32 and ``2.2e-16`` in
-        float64, else ``ValueError``: below it potentials in units of epsilon outgrow the
-        dtype's precision), ``squashing_fun`` (callable mapping ``(..., n)`` values into
-        [0, 1] along the last axis; default ``sigmoid((x - mean) / (std + 1e-10))``),
-        ``threshold`` (``1e-3``, L1 error of the returned plan's target marginal; its input
-        marginal is exact), ``max_iterations`` (``2000``), ``inner_iterations`` (``10``,
-        iterations between convergence checks, at most ``max_iterations``),
+        ``epsilon`` (default ``1e-2``; number or 0-d array of the input's library, may be
+        traced; checked in the compute dtype to lie in ``[machine epsilon, 1 / machine
+        epsilon]``, e.g. ``[1.2e-7, 8.4e6]`` in float32, else ``ValueError``: below, the
+        solver's potentials in units of epsilon outgrow the dtype's precision, above, the
+        result is the ``epsilon -> inf`` limit), ``squashing_fun`` (callable mapping
+        ``(..., n)`` values into [0, 1] along the last axis; it must return a finite array
+        of the library, shape and dtype it receives; default ``sigmoid((x - mean) / (std +
+        1e-10 * min(1, s)))`` with ``s = max|x - mean|``: OTT-JAX's for rows with ``s >= 1``,
+        scale-free below), ``threshold`` (``1e-3``, L1 error of the returned plan's target
+        marginal; its input marginal is exact), ``max_iterations`` (``2000``),
+        ``inner_iterations`` (``10``, iterations between convergence checks, at most
+        ``max_iterations``),
         ``implicit_diff`` (``True``: gradients by implicit differentiation; ``False``:
         through the iterations), ``implicit_solver`` (``"auto"``, ``"dense"`` or ``"cg"``),
         ``memory_budget`` (``2**30`` bytes of working memory per call, counted as 6 arrays of
@@ -261,9 +271,12 @@ def sort(x: Any, /, *, axis: int = -1, topk: int | None = None, num_targets: int
     Raises
     ------
     ValueError
-        Non-finite values, an empty axis, ``topk`` outside ``[1, n]``, bad options.
+        Non-finite values, an empty axis, ``topk`` outside ``[1, n]``, bad options
+        (``epsilon`` outside its range), a PyTorch meta tensor.
     TypeError
-        Complex input, a non-array, arrays of two libraries, an unknown option.
+        Complex input, a non-array (any array argument), a ``numpy.ma.MaskedArray``,
+        arrays of two libraries, an unknown option, a ``squashing_fun`` output of the
+        wrong library or dtype.
 
     Notes
     -----
@@ -399,6 +412,7 @@ def topk_mask(x: Any, /, k: int = 1, *, axis: int = -1, **options: Any) -> Any:
 
 def _quantile(x: Any, /, q: Any = None, *, axis: Any = -1, weight: Any = None, **options: Any) -> _Call:
     fname = "quantile"
+    check.levels(fname, q)
 
     def make(backend: Backend, n: int, dtype: Any, dev: Any) -> ops.Operator:
         xp = backend.xp
@@ -413,6 +427,10 @@ def _quantile(x: Any, /, q: Any = None, *, axis: Any = -1, weight: Any = None, *
             raise ValueError(msg)
         if check.violated(backend, xp.all((qa > 0) & (qa < 1))):
             msg = f"{fname}() argument 'q' must lie strictly between 0 and 1, got {check._short(levels)}"
+            given = levels if isinstance(levels, (list, tuple)) else [levels]
+            if not _compat.is_array_api_obj(levels) and all(0 < v < 1 for v in given):
+                # In (0, 1) as Python floats, but not in the compute dtype.
+                msg += f", which round to 0 or 1 in the compute dtype {dtype} (pass float64 input)"
             raise ValueError(msg)
         if qa.shape[0] > 1:
             ordered = xp.sort(qa)
@@ -598,15 +616,16 @@ def quantile_normalization(x: Any, /, targets: Any, *, weights: Any = None, axis
 def _sort_with(x: Any, /, criterion: Any, *, topk: int | None = None, **options: Any) -> _Call:
     fname = "sort_with"
     xp = check.namespace(fname, x=x, criterion=criterion)
-    if not _compat.is_array_api_obj(criterion):
-        msg = f"{fname}() argument 'criterion' must be an array, got {check._short(criterion)}"
-        raise TypeError(msg)
-    crit = criterion
-    if crit.ndim >= 2 and crit.shape[-1] == 1 and x.ndim >= 1 and crit.shape[-2] == x.shape[0 if x.ndim == 1 else -2]:
-        crit = crit[..., 0]  # OTT-JAX's (n, 1) criterion
+    if x.ndim == 0:
+        msg = f"{fname}() argument 'x' must have at least one dimension, got a 0-d array"
+        raise ValueError(msg)
     vector = x.ndim == 1
     rows = x[:, None] if vector else x
-    if crit.ndim < 1 or tuple(rows.shape[:-1]) != tuple(crit.shape):
+    crit = criterion
+    want = tuple(rows.shape[:-1])  # x (..., n, d) sorts by criterion (..., n)
+    if tuple(crit.shape) != want and crit.ndim >= 1 and crit.shape[-1] == 1 and tuple(crit.shape[:-1]) == want:
+        crit = crit[..., 0]  # OTT-JAX's (n, 1) criterion
+    if crit.ndim < 1 or tuple(crit.shape) != want:
         msg = (
             f"{fname}() argument 'criterion' must have shape {tuple(rows.shape[:-1])} "
             f"(x without its last axis), got {tuple(criterion.shape)}"
@@ -618,9 +637,9 @@ def _sort_with(x: Any, /, criterion: Any, *, topk: int | None = None, **options:
     def make(backend: Backend, n: int, dtype: Any, dev: Any) -> ops.Operator:
         return ops.sort_op(k, None, rows=True)
 
-    call = _along_axis(fname, crit, -1, options, make, name="criterion")
+    # The rows promote with the criterion: both are computed in their common dtype.
+    call = _along_axis(fname, crit, -1, options, make, name="criterion", x=x)
     b = call.backend
-    _, out_dtype = check.compute_dtype(fname, "x", xp, rows)
     check.finite(fname, "x", b, rows)
     batch = tuple(rows.shape[:-2])
     size, d = math.prod(batch), rows.shape[-1]
@@ -639,9 +658,7 @@ def _sort_with(x: Any, /, criterion: Any, *, topk: int | None = None, **options:
         g = xp.reshape(g, (*batch, n, d))
         return g[..., 0] if vector else g
 
-    return call._replace(
-        values=values, out_dtype=out_dtype, to_user=to_user, from_user=from_user, grad_to_user=grad_to_user
-    )
+    return call._replace(values=values, to_user=to_user, from_user=from_user, grad_to_user=grad_to_user)
 
 
 def sort_with(x: Any, /, criterion: Any, *, topk: int | None = None, **options: Any) -> Any:
@@ -767,11 +784,12 @@ def transport_for_sort(
     def shape(a: Any) -> Any:
         return xp.reshape(a, (*batch, *a.shape[1:]))
 
+    # Potentials and errors in the output dtype too (float16 input is solved in float32).
     return TransportResult(
         shape(call.cast(plan)),
-        shape(t.f),
-        shape(t.g),
-        shape(t.errors),
+        shape(call.cast(t.f)),
+        shape(call.cast(t.g)),
+        shape(call.cast(t.errors)),
         xp.reshape(t.iterations, batch),
         xp.reshape(converged, batch),
     )
@@ -849,11 +867,7 @@ def vjp(fun: Callable[..., Any], x: Any, /, *args: Any, **kwargs: Any) -> tuple[
 
     def vjp_fn(cotangent: Any) -> Any:
         xp = call.backend.xp
-        if tuple(cotangent.shape) != tuple(user_out.shape):
-            msg = (
-                f"vjp_fn() cotangent must have the output's shape {tuple(user_out.shape)}, got {tuple(cotangent.shape)}"
-            )
-            raise ValueError(msg)
+        check.cotangent("vjp_fn", call.backend, cotangent, tuple(user_out.shape))
         grad = call.grad_to_user(pullback(call.from_user(cotangent)))
         if xp.isdtype(x_dtype, "real floating") and grad.dtype != x_dtype:
             grad = xp.astype(grad, x_dtype)

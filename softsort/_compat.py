@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from array_api_compat import (
     array_namespace,
-    device,
     is_array_api_obj,
     is_cupy_namespace,
     is_jax_array,
@@ -16,6 +17,22 @@ from array_api_compat import (
     is_torch_namespace,
     is_writeable_array,
 )
+from array_api_compat import device as _device
+
+
+def device(x: Any) -> Any:
+    """``array_api_compat.device``, except ``None`` for a JAX array spread over several devices.
+
+    There ``array_api_compat.device`` returns the array's sharding, which only fits arrays of
+    its rank and divisible shape (``asarray(eps, device=NamedSharding(mesh, P("b", None)))``
+    raises for a 0-d ``eps``). Arrays created without a device are placed by JAX, and
+    operations with the sharded input follow its sharding, as they do under ``jax.jit``.
+    """
+    dev = _device(x)
+    if dev is not None and is_jax_array(x) and len(getattr(dev, "device_set", ())) > 1:
+        return None
+    return dev
+
 
 __all__ = [
     "array_namespace",

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-#: Added to the standard deviation, as OTT-JAX does, so constant rows map to 0.5.
+#: Added to the standard deviation, as OTT-JAX does, so constant rows map to 0.5 -- but
+#: relative to the row: ``STD_FLOOR * min(1, max|x - mean|)`` (see :func:`_floor`).
 STD_FLOOR = 1e-10
 
 
@@ -19,7 +20,7 @@ def _sigmoid(xp: Any, s: Any) -> Any:
     return xp.where(s >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
-def _centred_std(backend: Any, x: Any) -> tuple[Any, Any]:
+def _centred_std(backend: Any, x: Any) -> tuple[Any, Any, Any]:
     xp = backend.xp
     centred = x - xp.mean(x, axis=-1, keepdims=True)
     # Scale by max |centred| before squaring: the variance of values near 1e20 (float32)
@@ -34,22 +35,41 @@ def _centred_std(backend: Any, x: Any) -> tuple[Any, Any]:
     # through the unselected branch into the gradient of constant rows.
     mean_sq = xp.mean(unit * unit, axis=-1, keepdims=True)
     std = xp.where(positive, safe_scale * xp.sqrt(xp.where(positive, mean_sq, xp.ones_like(mean_sq))), scale)
-    return centred, std
+    return centred, std, scale
+
+
+def _floor(xp: Any, scale: Any) -> Any:
+    """What is added to the std: ``1e-10 * min(1, scale)``, and ``1e-10`` for constant rows.
+
+    OTT-JAX adds an absolute ``1e-10``, so rows whose spread is near or below 1e-10 all map
+    to 0.5 and scale equivariance ``sort(c x) = c sort(x)`` fails for small ``c``. Rows with
+    ``max|x - mean| >= 1`` get OTT-JAX's floor exactly (the same numbers up to rounding);
+    smaller rows a floor proportional to their spread, so that ``(x - mean) / (std + floor)``
+    does not depend on the scale of the row. A constant row (scale 0) keeps the absolute
+    floor: its centred values are exactly 0, it maps to 0.5 as before.
+    """
+    return STD_FLOOR * xp.where(scale > 0, xp.minimum(scale, xp.ones_like(scale)), xp.ones_like(scale))
 
 
 def default_squash(backend: Any, x: Any) -> Any:
-    """``sigmoid((x - mean) / (std + 1e-10))`` along the last axis (population std)."""
+    """``sigmoid((x - mean) / (std + 1e-10 * min(1, max|x - mean|)))`` along the last axis (population std)."""
     xp = backend.xp
-    centred, std = _centred_std(backend, x)
-    return _sigmoid(xp, centred / (std + STD_FLOOR))
+    centred, std, scale = _centred_std(backend, x)
+    # Divided in units of the row's scale: autodiff of centred / denom takes the square of
+    # denom (d(a/b)/db = -a/b**2), and 1e-30**2 underflows float32 to 0 (inf, then NaN
+    # gradients for rows of scale 1e-30); both terms below are O(1).
+    safe = xp.where(scale > 0, scale, xp.ones_like(scale))
+    return _sigmoid(xp, (centred / safe) / ((std + _floor(xp, scale)) / safe))
 
 
 def default_squash_vjp(backend: Any, x: Any, d_z: Any) -> Any:
     """Pull ``dL/dz`` back to ``dL/dx`` through :func:`default_squash`."""
     xp = backend.xp
     n = x.shape[-1]
-    centred, std = _centred_std(backend, x)
-    denom = std + STD_FLOOR
+    centred, std, scale = _centred_std(backend, x)
+    # The floor's dependence on x is ignored, as in the forward (its scale is stop_gradient'ed):
+    # a relative change of 1e-10 of the gradient at most.
+    denom = std + _floor(xp, scale)
     z = _sigmoid(xp, centred / denom)
     d_s = d_z * z * (1.0 - z)
     # s = centred / denom: through the centring, and through std (d std/dx = centred/(n std)).

@@ -130,8 +130,15 @@ class TorchBackend(Backend):
     def is_concrete(self, x: Any) -> bool:
         if torch.compiler.is_compiling():
             return False
-        # Inside torch.func transforms values of batched tensors cannot be read.
-        return not torch._C._functorch.is_functorch_wrapped_tensor(x)
+        # torch.func.grad/vjp wrap tensors in GradTrackingTensors whose values can be read
+        # (as in eager autograd): unwrap those levels. A BatchedTensor (torch.func.vmap) or
+        # a functionalized tensor holds no single value. Meta tensors hold none at all.
+        functorch = torch._C._functorch
+        while functorch.is_functorch_wrapped_tensor(x):
+            if not functorch.is_gradtrackingtensor(x):
+                return False
+            x = functorch.get_unwrapped(x)
+        return x.device.type != "meta"
 
     def stop_gradient(self, x: Any) -> Any:
         return x.detach()
