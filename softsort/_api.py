@@ -6,6 +6,7 @@ Everything here is about shapes, dtypes and messages; the math is in :mod:`softs
 from __future__ import annotations
 
 import math
+import operator
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -202,14 +203,22 @@ def _sort(
 
 
 def _topk(fname: str, topk: Any, n: int) -> int | None:
-    """``None``/``-1`` (OTT-JAX's default) mean a full sort; ``n`` is a full sort too."""
-    if topk is None or (not isinstance(topk, bool) and isinstance(topk, int) and topk == -1):
+    """Number of largest values kept, or ``None`` for a full sort.
+
+    OTT-JAX's meaning: ``None``, ``topk <= 0`` (its default is ``-1``) and ``topk >= n``
+    are a full sort. Any integer type is accepted (``numpy.int64`` too); bools are not.
+    """
+    if topk is None:
         return None
-    k = check.as_int(fname, "topk", topk, 1)
-    if k > n:
-        msg = f"{fname}() argument 'topk' must be in [1, {n}] (the size of the sorted axis), got {k}"
-        raise ValueError(msg)
-    return None if k == n else k
+    if isinstance(topk, bool):
+        msg = f"{fname}() argument 'topk' must be an integer or None, got {topk!r}"
+        raise TypeError(msg)
+    try:
+        k = operator.index(topk)
+    except TypeError:
+        msg = f"{fname}() argument 'topk' must be an integer or None, got {check._short(topk)}"
+        raise TypeError(msg) from None
+    return None if k <= 0 or k >= n else k
 
 
 def sort(x: Any, /, *, axis: int = -1, topk: int | None = None, num_targets: int | None = None, **options: Any) -> Any:
