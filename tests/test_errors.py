@@ -38,7 +38,7 @@ X = [1.0, 5.0, 4.0, 8.0, 12.0]
         (lambda L, x: softsort.sort(x, momentum=2.5), ValueError, "'momentum'"),
         (lambda L, x: softsort.sort(x, init="ones"), ValueError, "'init' must be one of"),
         (lambda L, x: softsort.sort(x, memory_budget=0), ValueError, "'memory_budget' must be >= 1"),
-        (lambda L, x: softsort.sort(x, lse_mode=True), TypeError, "unexpected keyword argument\\(s\\) 'lse_mode'"),
+        (lambda L, x: softsort.sort(x, lse_mod=True), TypeError, "unexpected keyword argument\\(s\\) 'lse_mod'"),
         (lambda L, x: softsort.ranks(x, target_weights=L.asarray([0.5, 0.6])), ValueError, "must sum to 1"),
         (
             lambda L, x: softsort.ranks(x, target_weights=L.asarray([1.5, -0.5])),
