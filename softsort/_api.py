@@ -242,8 +242,8 @@ def sort(x: Any, /, *, axis: int = -1, topk: int | None = None, num_targets: int
         Axis to sort along. Other axes are a batch, solved in one batched Sinkhorn.
     topk : int, optional
         Return only the ``topk`` largest values, in increasing order, at the cost of
-        ``topk + 1`` targets instead of ``n``. ``None`` (or ``-1``, OTT-JAX's default)
-        sorts fully; ``topk == n`` is a full sort.
+        ``topk + 1`` targets instead of ``n``. ``None``, ``topk <= 0`` (OTT-JAX's default
+        is ``-1``) and ``topk >= n`` sort fully, as in OTT-JAX.
     num_targets : int, optional
         Number of composite sorted values (default ``n``).
     **options
@@ -252,8 +252,12 @@ def sort(x: Any, /, *, axis: int = -1, topk: int | None = None, num_targets: int
         last axis; default ``sigmoid((x - mean) / (std + 1e-10))``), ``threshold``
         (``1e-3``, L1 error of the target marginal), ``max_iterations`` (``2000``),
         ``inner_iterations`` (``10``, iterations between convergence checks),
+        ``min_iterations`` (``0``; no problem stops before that many iterations),
         ``implicit_diff`` (``True``: gradients by implicit differentiation; ``False``:
         through the iterations), ``implicit_solver`` (``"auto"``, ``"dense"`` or ``"cg"``).
+        OTT-JAX's Sinkhorn keywords (``lse_mode``, ``momentum=Momentum(...)``,
+        ``implicit_diff=None`` or ``ImplicitDiff(...)``, ...) are translated into these
+        or refused with the option to use instead (table in the migration guide).
 
     Returns
     -------
@@ -263,7 +267,7 @@ def sort(x: Any, /, *, axis: int = -1, topk: int | None = None, num_targets: int
     Raises
     ------
     ValueError
-        Non-finite values, an empty axis, ``topk`` outside ``[1, n]``, bad options.
+        Non-finite values, an empty axis, bad options.
     TypeError
         Complex input, a non-array, arrays of two libraries, an unknown option.
 
@@ -670,7 +674,8 @@ def sort_with(x: Any, /, criterion: Any, *, topk: int | None = None, **options: 
     criterion : array
         Shape ``(..., n)`` (or OTT-JAX's ``(n, 1)``): the values the rows are sorted by.
     topk : int, optional
-        Keep only the rows of the ``topk`` largest criteria (increasing order).
+        Keep only the rows of the ``topk`` largest criteria (increasing order);
+        ``None``, ``topk <= 0`` and ``topk >= n`` keep every row, as in OTT-JAX.
     **options
         Solver options, see :func:`sort`.
 

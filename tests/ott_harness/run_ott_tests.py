@@ -10,13 +10,19 @@ Usage: ``python tests/ott_harness/run_ott_tests.py SOFT_SORT_TEST WORKDIR [pytes
 and implicit-differentiation objects) stay, so OTT-JAX must be installed. The copy runs
 next to ``ott_conftest.py`` (as ``conftest.py``) under a bare pytest configuration, as in
 OTT-JAX's own repository (no softsort settings such as ``filterwarnings = error``).
+
+With ``OTT_TESTS_SUMMARY=FILE`` set, the outcome of every test is also written to ``FILE``
+(one line each, then the totals): docs/migration.rst includes the one in benchmarks/results.
 """
 
 from __future__ import annotations
 
+import collections
+import os
 import pathlib
 import shutil
 import sys
+from typing import Any
 
 ORIGINAL = "from ott.tools import soft_sort"
 REPLACEMENT = "import softsort as soft_sort"
@@ -33,6 +39,23 @@ def rewrite(text: str) -> str:
     (i,) = hits
     lines[i] = lines[i].replace(ORIGINAL, REPLACEMENT)
     return "".join(lines)
+
+
+class _Outcomes:
+    """pytest plugin: the outcome of each test (its call, or its setup when skipped there)."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[str, str] = {}
+
+    def pytest_runtest_logreport(self, report: Any) -> None:
+        name = report.nodeid.split("::", 1)[-1]
+        if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+            self.outcomes[name] = report.outcome
+
+    def summary(self) -> str:
+        lines = [f"{outcome:8} {name}" for name, outcome in self.outcomes.items()]
+        counts = collections.Counter(self.outcomes.values())
+        return "\n".join([*lines, ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))]) + "\n"
 
 
 def main(argv: list[str]) -> int:
@@ -53,7 +76,12 @@ def main(argv: list[str]) -> int:
     import pytest
 
     args = ["-c", str(workdir / "pytest.ini"), "--rootdir", str(workdir), "-p", "no:cacheprovider", "-rfEs"]
-    return int(pytest.main([*args, str(workdir / "soft_sort_test.py"), *argv[2:]]))
+    outcomes = _Outcomes()
+    code = int(pytest.main([*args, str(workdir / "soft_sort_test.py"), *argv[2:]], plugins=[outcomes]))
+    summary_file = os.environ.get("OTT_TESTS_SUMMARY")
+    if summary_file:
+        pathlib.Path(summary_file).write_text(outcomes.summary())
+    return code
 
 
 if __name__ == "__main__":
