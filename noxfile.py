@@ -7,6 +7,8 @@ CUDA build); the user-facing `torch` extra stays a normal range in pyproject.tom
 
 from __future__ import annotations
 
+import os
+
 import nox
 
 nox.options.default_venv_backend = "venv"
@@ -83,6 +85,29 @@ def reference(session: nox.Session) -> None:
     _install(session, "ott-jax==0.6.0")
     env = {"SOFTSORT_TEST_BACKENDS": "numpy", "JAX_ENABLE_X64": "1"}
     session.run(*PYTEST, "tests/test_reference_ott.py", "-m", "reference", *session.posargs, env=env)
+
+
+@nox.session(name="ott-tests")
+def ott_tests(session: nox.Session) -> None:
+    """OTT-JAX 0.6.0's own soft-sort tests, run against softsort (one import line changed).
+
+    The test file is not in this repository: give its path as OTT_SOFT_SORT_TEST=... or as
+    the first posarg (further posargs go to pytest). Get it with
+    `git clone https://github.com/ott-jax/ott && git -C ott show 0.6.0:tests/tools/soft_sort_test.py`.
+    Not tagged ci: CI must not depend on a fetched file.
+    """
+    args = list(session.posargs)
+    path = args.pop(0) if args and args[0].endswith(".py") else os.environ.get("OTT_SOFT_SORT_TEST")
+    if not path:
+        session.error(
+            "set OTT_SOFT_SORT_TEST=/path/to/soft_sort_test.py (or pass it as the first posarg); get the file with "
+            "`git clone https://github.com/ott-jax/ott && git -C ott show 0.6.0:tests/tools/soft_sort_test.py "
+            "> soft_sort_test.py`"
+        )
+    # The file imports OTT-JAX's acceleration and implicit-differentiation objects itself.
+    _install(session, "ott-jax==0.6.0", "jax==0.10.2")
+    harness = os.path.join("tests", "ott_harness", "run_ott_tests.py")
+    session.run("python", harness, os.path.abspath(path), os.path.join(session.create_tmp(), "ott_tests"), *args)
 
 
 @nox.session

@@ -18,6 +18,7 @@ from ._api import (
     transport_for_sort,
     vjp,
 )
+from ._axis import apply_on_axis
 from ._errors import ConvergenceWarning
 
 __version__ = "0.1.0"
@@ -26,6 +27,7 @@ __all__ = [
     "ConvergenceWarning",
     "TransportResult",
     "__version__",
+    "apply_on_axis",
     "quantile",
     "quantile_normalization",
     "quantize",

@@ -6,6 +6,7 @@ Everything here is about shapes, dtypes and messages; the math is in :mod:`softs
 from __future__ import annotations
 
 import math
+import operator
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -203,14 +204,22 @@ def _sort(
 
 
 def _topk(fname: str, topk: Any, n: int) -> int | None:
-    """``None``/``-1`` (OTT-JAX's default) mean a full sort; ``n`` is a full sort too."""
-    if topk is None or (not isinstance(topk, bool) and isinstance(topk, int) and topk == -1):
+    """Number of largest values kept, or ``None`` for a full sort.
+
+    OTT-JAX's meaning: ``None``, ``topk <= 0`` (its default is ``-1``) and ``topk >= n``
+    are a full sort. Any integer type is accepted (``numpy.int64`` too); bools are not.
+    """
+    if topk is None:
         return None
-    k = check.as_int(fname, "topk", topk, 1)
-    if k > n:
-        msg = f"{fname}() argument 'topk' must be in [1, {n}] (the size of the sorted axis), got {k}"
-        raise ValueError(msg)
-    return None if k == n else k
+    if isinstance(topk, bool):
+        msg = f"{fname}() argument 'topk' must be an integer or None, got {topk!r}"
+        raise TypeError(msg)
+    try:
+        k = operator.index(topk)
+    except TypeError:
+        msg = f"{fname}() argument 'topk' must be an integer or None, got {check._short(topk)}"
+        raise TypeError(msg) from None
+    return None if k <= 0 or k >= n else k
 
 
 def sort(x: Any, /, *, axis: int = -1, topk: int | None = None, num_targets: int | None = None, **options: Any) -> Any:
@@ -239,8 +248,8 @@ def sort(x: Any, /, *, axis: int = -1, topk: int | None = None, num_targets: int
         Axis to sort along. Other axes are a batch, solved in one batched Sinkhorn.
     topk : int, optional
         Return only the ``topk`` largest values, in increasing order, at the cost of
-        ``topk + 1`` targets instead of ``n``. ``None`` (or ``-1``, OTT-JAX's default)
-        sorts fully; ``topk == n`` is a full sort.
+        ``topk + 1`` targets instead of ``n``. ``None``, ``topk <= 0`` (OTT-JAX's default
+        is ``-1``) and ``topk >= n`` sort fully, as in OTT-JAX.
     num_targets : int, optional
         Number of composite sorted values (default ``n``).
     **options
@@ -255,13 +264,17 @@ def sort(x: Any, /, *, axis: int = -1, topk: int | None = None, num_targets: int
         scale-free below), ``threshold`` (``1e-3``, L1 error of the returned plan's target
         marginal; its input marginal is exact), ``max_iterations`` (``2000``),
         ``inner_iterations`` (``10``, iterations between convergence checks, at most
-        ``max_iterations``),
+        ``max_iterations``), ``min_iterations`` (``0``; no problem stops before that many
+        iterations),
         ``implicit_diff`` (``True``: gradients by implicit differentiation; ``False``:
         through the iterations), ``implicit_solver`` (``"auto"``, ``"dense"`` or ``"cg"``),
         ``memory_budget`` (``2**30`` bytes of working memory per call, counted as 6 arrays of
         ``n x m`` per problem; larger batches run in chunks of rows, a single problem over
         it raises ``ValueError``; the returned arrays come on top, twice while chunks are
         joined; under ``jax.jit`` the compiler schedules the chunks, see :doc:`math`).
+        OTT-JAX's Sinkhorn keywords (``lse_mode``, ``momentum=Momentum(...)``,
+        ``implicit_diff=None`` or ``ImplicitDiff(...)``, ...) are translated into these
+        or refused with the option to use instead (table in the migration guide).
 
     Returns
     -------
@@ -271,7 +284,7 @@ def sort(x: Any, /, *, axis: int = -1, topk: int | None = None, num_targets: int
     Raises
     ------
     ValueError
-        Non-finite values, an empty axis, ``topk`` outside ``[1, n]``, bad options
+        Non-finite values, an empty axis, bad options
         (``epsilon`` outside its range), a PyTorch meta tensor.
     TypeError
         Complex input, a non-array (any array argument), a ``numpy.ma.MaskedArray``,
@@ -685,7 +698,8 @@ def sort_with(x: Any, /, criterion: Any, *, topk: int | None = None, **options: 
     criterion : array
         Shape ``(..., n)`` (or OTT-JAX's ``(n, 1)``): the values the rows are sorted by.
     topk : int, optional
-        Keep only the rows of the ``topk`` largest criteria (increasing order).
+        Keep only the rows of the ``topk`` largest criteria (increasing order);
+        ``None``, ``topk <= 0`` and ``topk >= n`` keep every row, as in OTT-JAX.
     **options
         Solver options, see :func:`sort`.
 

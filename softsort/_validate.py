@@ -13,13 +13,14 @@ import os
 import sys
 from typing import Any
 
-from . import _compat
+from . import _compat, _ott_compat
 from ._core._config import ACCELERATE_BELOW, SolverConfig, smallest_epsilon
 
 DEFAULT_EPSILON = 1e-2
 _SOLVER_OPTIONS = {
     "threshold": 1e-3,
     "max_iterations": 2000,
+    "min_iterations": 0,
     "inner_iterations": 10,
     "implicit_diff": True,
     "implicit_solver": "auto",
@@ -222,6 +223,7 @@ def finite(fname: str, name: str, backend: Any, x: Any) -> None:
 
 def options(fname: str, given: dict[str, Any]) -> tuple[Any, Any, SolverConfig]:
     """``(epsilon, squashing_fun, SolverConfig)`` from the ``**options`` of a call."""
+    given = _ott_compat.translate(fname, given)  # OTT-JAX's keywords -> softsort's options
     unknown = sorted(set(given) - set(OPTION_NAMES))
     if unknown:
         msg = (
@@ -243,6 +245,7 @@ def options(fname: str, given: dict[str, Any]) -> tuple[Any, Any, SolverConfig]:
         msg = f"{fname}() option 'threshold' must be finite and > 0, got {threshold!r}"
         raise ValueError(msg)
     max_it = as_int(fname, "max_iterations", merged["max_iterations"], 1)
+    min_it = as_int(fname, "min_iterations", merged["min_iterations"], 0, max_it)
     inner = as_int(fname, "inner_iterations", merged["inner_iterations"], 1)
     implicit = merged["implicit_diff"]
     if not isinstance(implicit, bool):
@@ -275,6 +278,7 @@ def options(fname: str, given: dict[str, Any]) -> tuple[Any, Any, SolverConfig]:
     config = SolverConfig(
         threshold=float(threshold),
         max_iterations=max_it,
+        min_iterations=min_it,
         inner_iterations=inner,
         implicit_diff=implicit,
         implicit_solver=solver,

@@ -35,6 +35,9 @@ class SolverConfig:
 
     threshold: float = 1e-3
     max_iterations: int = 2000
+    #: No problem stops before this many iterations (OTT-JAX's ``min_iterations``): the
+    #: convergence check only stops a row once ``it >= min_iterations``.
+    min_iterations: int = 0
     inner_iterations: int = 10
     implicit_diff: bool = True
     #: Starting potentials: "dual" (exact unregularized 1-D dual, see _dual), "zeros", or

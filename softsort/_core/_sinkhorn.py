@@ -165,7 +165,7 @@ def _returned(backend: Any, plan: Any, a: Any, b: Any) -> tuple[Any, Any]:
 
 def _running(config: SolverConfig, state: _State) -> Any:
     """Rows still iterating (NaN >= threshold is False: a diverged row stops)."""
-    return state.last_err >= config.threshold
+    return (state.last_err >= config.threshold) | (state.it < config.min_iterations)
 
 
 def _iterate(backend: Any, config: SolverConfig, rows: _Rows, state: _State, levels: int) -> _State:
@@ -295,7 +295,7 @@ def _block(backend: Any, config: SolverConfig, rows: _Rows, state: _State, first
     f0, g0, lu0, lv0, kernel0, errors, it, omega, last_err, row_it = state
     # Rows already below the threshold (or diverged) are frozen, exactly as under
     # jax.vmap: a row's result does not depend on the rest of its batch.
-    active = last_err >= config.threshold
+    active = _running(config, state)
     keep = active[..., None]
     lu = lv = kernel = None
     if not use_kernel:

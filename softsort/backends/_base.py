@@ -53,6 +53,14 @@ class Backend:
         """``true_fn(operand)`` if the 0-d boolean ``pred`` holds, else ``false_fn(operand)``."""
         return true_fn(operand) if bool(pred) else false_fn(operand)
 
+    def map_rows(self, fn: Callable[[Any], Any], x: Any) -> Any:
+        """``fn`` on each row of the 2-D ``x``, results stacked (used by ``apply_on_axis``).
+
+        A Python loop: ``fn`` may be any function of a 1-D array, including ones that read
+        values. Adapters with a vectorizing map (JAX: ``jax.vmap``) override it.
+        """
+        return self.xp.stack([fn(x[i, ...]) for i in range(x.shape[0])], axis=0)
+
     def bounded_while_loop(
         self,
         cond: Callable[[State], Any],

@@ -29,6 +29,10 @@ class JaxBackend(Backend):
     def cond(self, pred: Any, true_fn: Callable[[Any], Any], false_fn: Callable[[Any], Any], operand: Any) -> Any:
         return jax.lax.cond(pred, true_fn, false_fn, operand)
 
+    def map_rows(self, fn: Callable[[Any], Any], x: Any) -> Any:
+        # OTT-JAX's apply_on_axis vmaps too: a function written for it traces the same way.
+        return jax.vmap(fn)(x)
+
     def bounded_while_loop(
         self, cond: Callable[[State], Any], body: Callable[[State], State], state: State, max_trips: int
     ) -> State:
