@@ -19,13 +19,16 @@ from ._api import (
     vjp,
 )
 from ._errors import ConvergenceWarning
+from ._multivariate import CdfQuantileMaps, multivariate_cdf_quantile_maps
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CdfQuantileMaps",
     "ConvergenceWarning",
     "TransportResult",
     "__version__",
+    "multivariate_cdf_quantile_maps",
     "quantile",
     "quantile_normalization",
     "quantize",
