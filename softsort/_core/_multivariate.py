@@ -40,7 +40,9 @@ def halton(xp: Any, m: int, d: int, dtype: Any, dev: Any) -> Any:
     every backend gets the same reference sample without a random generator. Index 0 (the
     origin) is skipped.
     """
-    index = xp.arange(1, m + 1, dtype=xp.int64 if _has_int64(xp) else xp.int32, device=dev)
+    # The library's index dtype: int64, or int32 for JAX without x64 (which warns on int64).
+    index_dtype = xp.__array_namespace_info__().default_dtypes(device=dev)["indexing"]
+    index = xp.arange(1, m + 1, dtype=index_dtype, device=dev)
     columns = []
     for p in _primes(d):
         digits = max(1, math.ceil(math.log(m + 1, p)) + 1)  # enough digits for index m
@@ -53,14 +55,6 @@ def halton(xp: Any, m: int, d: int, dtype: Any, dev: Any) -> Any:
             rest = rest // p
         columns.append(value)
     return xp.stack(columns, axis=-1)
-
-
-def _has_int64(xp: Any) -> bool:
-    # JAX without x64 has no int64 (it would warn and truncate); int32 holds any index here.
-    try:
-        return xp.iinfo(xp.int64).bits == 64 and xp.asarray(0, dtype=xp.int64).dtype == xp.int64
-    except (TypeError, ValueError, AttributeError):
-        return False
 
 
 def default_epsilon(backend: Any, x: Any, y: Any) -> Any:
