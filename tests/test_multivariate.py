@@ -279,3 +279,47 @@ def test_errors(lib: Lib) -> None:
         maps.transport(xa, forward="yes")
     # a single point is read as one row (OTT-JAX's atleast_2d)
     assert tuple(maps.transport(lib.asarray(np.zeros(2))).shape) == (1, 2)
+
+
+# -- agreement with OTT-JAX 0.6 (nox -s reference: needs ott-jax) -----------------------------
+@pytest.mark.reference
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # lineax's NormalCG, inside OTT-JAX's backward
+@pytest.mark.parametrize("epsilon", [None, 0.05])
+def test_agrees_with_ott(epsilon: float | None) -> None:
+    # Same reference sample (OTT's sampler and key), uniform weights, tight threshold: the
+    # maps and the gradient of both with respect to the inputs agree (float64).
+    ott_soft_sort = pytest.importorskip("ott.tools.soft_sort", reason="needs ott-jax (nox -s reference)")
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    with jax.enable_x64(True):
+        rs = np.random.default_rng(10)
+        x = jnp.asarray(0.5 * rs.normal(size=(60, 2)) + 0.3)
+        pts = jnp.asarray(0.5 * rs.normal(size=(7, 2)) + 0.3)
+        qs = jnp.asarray(rs.uniform(size=(7, 2)))
+        cot = jnp.asarray(rs.normal(size=(7, 2)))
+        key = jax.random.key(3)
+
+        def sampler(k, shape):
+            return jax.random.uniform(k, shape, dtype=jnp.float64)
+
+        def maps_of(module, xx, **kw):
+            return module.multivariate_cdf_quantile_maps(
+                xx, target_sampler=sampler, rng=key, num_target_samples=50, epsilon=epsilon, **kw
+            )
+
+        ott_kw = {"threshold": 1e-11, "max_iterations": 100000}
+        mine, dp = maps_of(softsort, x, **TIGHT), maps_of(ott_soft_sort, x, **ott_kw)
+        for vec, forward in ((pts, True), (qs, False)):
+            np.testing.assert_allclose(
+                np.asarray(mine.transport(vec, forward=forward)),
+                np.asarray(dp.transport(vec, forward=forward)),
+                atol=1e-8,
+            )
+
+        def loss(module, xx, **kw):
+            maps = maps_of(module, xx, **kw)
+            return jnp.sum(cot * maps.transport(pts)) + jnp.sum(cot * maps.transport(qs, forward=False))
+
+        g_ours = jax.grad(lambda v: loss(softsort, v, **TIGHT))(x)
+        g_theirs = jax.grad(lambda v: loss(ott_soft_sort, v, **ott_kw))(x)
+        np.testing.assert_allclose(np.asarray(g_ours), np.asarray(g_theirs), atol=1e-7)
