@@ -20,14 +20,17 @@ from ._api import (
 )
 from ._axis import apply_on_axis
 from ._errors import ConvergenceWarning
+from ._multivariate import CdfQuantileMaps, multivariate_cdf_quantile_maps
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CdfQuantileMaps",
     "ConvergenceWarning",
     "TransportResult",
     "__version__",
     "apply_on_axis",
+    "multivariate_cdf_quantile_maps",
     "quantile",
     "quantile_normalization",
     "quantize",

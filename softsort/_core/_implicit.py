@@ -129,17 +129,31 @@ def _centred(xp: Any, w: Any) -> Any:
     return w - xp.mean(w, axis=-1, keepdims=True)
 
 
-def plan_vjp(backend: Any, config: SolverConfig, plan: Any, eps: Any, cot: Any) -> tuple[Any, Any, Any]:
+def plan_vjp(
+    backend: Any, config: SolverConfig, plan: Any, eps: Any, cot: Any, d_f: Any = None, d_g: Any = None
+) -> tuple[Any, Any, Any]:
     """Cotangents of the cost matrix and of the target weights, given ``cot = dL/dP``.
 
     Returns ``(dL/dC, dL/da, dL/db)``; the weight cotangents are centred to sum to zero.
     Shapes: ``plan`` and ``cot`` (B, n, m), ``eps`` (B,). The cotangent of epsilon follows
     from ``dL/dC`` alone (see :func:`eps_cotangent`).
+
+    ``d_f`` (B, n), ``d_g`` (B, m): optional cotangents of the potentials themselves
+    (softsort.multivariate_cdf_quantile_maps). The optimality conditions differentiate to
+    ``H [df; dg] = [(P * dC) 1 + eps da; (P * dC)^T 1 + eps db]`` with ``H`` the matrix
+    of :func:`_marginal_solve`, so they enter the right-hand side as ``eps * d_f`` and
+    ``eps * d_g``. Only functions invariant under ``(f + c, g - c)`` are defined by the
+    plan, which makes ``sum(d_f) = sum(d_g)``: the system stays consistent with its null
+    space.
     """
     xp = backend.xp
     gh = cot * plan
     ra = xp.sum(gh, axis=-1)
     rb = xp.sum(gh, axis=-2)
+    if d_f is not None:
+        ra = ra + eps[..., None] * d_f
+    if d_g is not None:
+        rb = rb + eps[..., None] * d_g
     del gh  # eager libraries free it: the backward then holds at most four n x m arrays
     u, v = _marginal_solve(backend, config, plan, ra, rb)
     d_cost = plan * (u[..., :, None] + v[..., None, :] - cot) / eps[..., None, None]

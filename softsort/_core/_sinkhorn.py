@@ -53,8 +53,26 @@ def _cost(backend: Any, rows: _Rows) -> Any:
     once per rebuild of a kernel; under a compiler it fuses into its consumer), and batch
     compaction gathers vectors only.
     """
-    d = rows.z[..., :, None] - rows.y[..., None, :]
-    return _in_place(backend, operator.mul, d, d)
+    if rows.z.ndim == 2:
+        d = rows.z[..., :, None] - rows.y[..., None, :]
+        return _in_place(backend, operator.mul, d, d)
+    return sq_distances(backend, rows.z, rows.y)  # d-dimensional points (multivariate maps)
+
+
+# -- d-dimensional points (softsort.multivariate_cdf_quantile_maps) ---------------------------
+def sq_distances(backend: Any, z: Any, y: Any) -> Any:
+    """``sum_k (z[..., i, k] - y[..., j, k])**2`` for ``z`` (..., n, d), ``y`` (..., m, d).
+
+    One coordinate at a time: at most two ``n x m`` temporaries whatever ``d`` (an
+    ``n x m x d`` difference would be ``d`` of them), and differences rather than
+    ``|z|^2 + |y|^2 - 2 z.y``, which loses the small distances to cancellation.
+    """
+    total = None
+    for k in range(z.shape[-1]):
+        diff = z[..., :, None, k] - y[..., None, :, k]
+        sq = _in_place(backend, operator.mul, diff, diff)
+        total = sq if total is None else _in_place(backend, operator.add, total, sq)
+    return total
 
 
 def _plan(backend: Any, rows: _Rows, f: Any, g: Any) -> Any:
@@ -88,7 +106,7 @@ COMPACT_LEVELS = 2
 COMPACT_MIN_SIZE = 4096
 
 
-def solve(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any) -> SinkhornOutput:
+def solve(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any, y: Any = None) -> SinkhornOutput:
     """Run Sinkhorn until the L1 error of the target marginal is below the threshold.
 
     ``z`` and ``a`` are (B, n), ``b`` is (B, m) (weights: rows sum to one), ``eps`` is
@@ -97,14 +115,24 @@ def solve(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any) 
     finite, and the loop when every row has stopped or at ``max_iterations``, which is
     never exceeded. Also returns the plan (eager libraries: in the kernel's memory). Inside,
     cost and potentials are in units of epsilon (one division less per pass).
+
+    ``y`` (optional): explicit target positions, (B, m) with ``z`` (B, n), or (B, m, d)
+    with ``z`` (B, n, d) for points in ``d`` dimensions (cost: squared Euclidean
+    distance); default ``linspace(0, 1, m)``. With explicit targets the start is zero
+    (the exact-dual start is for the evenly spaced 1-D targets).
     """
     xp = backend.xp
     dev = device(z)
     scale = 1.0 / xp.sqrt(eps)[..., None]
-    rows = _Rows(z * scale, targets_like(xp, z, b.shape[-1]) * scale, a, b, eps)
-    batch = z.shape[:-1]
+    y = targets_like(xp, z, b.shape[-1]) if y is None else y
+    init = config.init if y.ndim == 1 else "zeros"
+    if z.ndim == 3:  # points in d dimensions: scale every coordinate
+        rows = _Rows(z * scale[..., None], y * scale[..., None], a, b, eps)
+    else:
+        rows = _Rows(z * scale, y * scale, a, b, eps)
+    batch = a.shape[:-1]
     eps_col = eps[..., None]
-    f0, g0 = _start(xp, config.init, z, a, b, eps)
+    f0, g0 = _start(xp, init, z, a, b, eps)
     errors0 = -xp.ones((*batch, config.num_checks), dtype=z.dtype, device=dev)
     it0 = xp.asarray(0, dtype=xp.int32, device=dev)
     row_it0 = xp.zeros(batch, dtype=xp.int32, device=dev)
@@ -329,7 +357,7 @@ def _block(backend: Any, config: SolverConfig, rows: _Rows, state: _State, first
 def _start(xp: Any, init: str, z: Any, a: Any, b: Any, eps: Any) -> tuple[Any, Any]:
     """Starting potentials in units of epsilon (see ``SolverConfig.init``)."""
     dev = device(z)
-    f0 = xp.zeros(z.shape, dtype=z.dtype, device=dev)
+    f0 = xp.zeros(a.shape, dtype=z.dtype, device=dev)
     g0 = xp.zeros(b.shape, dtype=z.dtype, device=dev)
     if init == "zeros" or math.prod(z.shape) == 0:
         return f0, g0
@@ -376,7 +404,7 @@ def _subtract_columns(backend: Any, cost: Any, g: Any) -> Any:
     return _in_place(backend, operator.sub, cost, g[..., None, :])
 
 
-_IN_PLACE = {operator.mul: operator.imul, operator.sub: operator.isub}
+_IN_PLACE = {operator.mul: operator.imul, operator.sub: operator.isub, operator.add: operator.iadd}
 
 
 def _in_place(backend: Any, op: Any, x: Any, other: Any) -> Any:
