@@ -117,13 +117,26 @@ class _Call(NamedTuple):
     to_user: Callable[[Any], Any]  # internal output -> user layout
     from_user: Callable[[Any], Any]  # user-layout cotangent -> internal
     grad_to_user: Callable[[Any], Any]  # internal gradient of values -> user layout
+    straight_through: bool = False
 
     def cast(self, out: Any) -> Any:
         xp = self.backend.xp
         return out if out.dtype == self.out_dtype else xp.astype(out, self.out_dtype)
 
+    def run(self) -> tuple[Any, Transport]:
+        return ops.run(
+            self.backend,
+            self.op,
+            self.values,
+            self.criterion,
+            self.eps,
+            self.squash,
+            self.config,
+            self.straight_through,
+        )
+
     def evaluate(self) -> Any:
-        out, t = ops.run(self.backend, self.op, self.values, self.criterion, self.eps, self.squash, self.config)
+        out, t = self.run()
         _report(self.fname, self.backend, t, self.config)
         return self.cast(self.to_user(out))
 
@@ -156,6 +169,11 @@ def _along_axis(
 ) -> _Call:
     """Validate ``x`` (called ``name`` in messages) and the options; prepare the operator."""
     xp = check.namespace(fname, **{name: x}, **others)
+    options = dict(options)
+    straight_through = options.pop("straight_through", False)
+    if not isinstance(straight_through, bool):
+        msg = f"{fname}() option 'straight_through' must be True or False, got {check._short(straight_through)}"
+        raise TypeError(msg)
     epsilon, squash, config = check.options(fname, options)
     backend = get_backend(xp)
     if x.ndim == 0:
@@ -185,22 +203,39 @@ def _along_axis(
         layout.unflatten_output,
         lambda c: layout.flatten_output(xp.astype(c, dtype)),
         layout.unflatten_input,
+        straight_through,
     )
 
 
 # -- the operators ----------------------------------------------------------------------------
 def _sort(
-    x: Any, /, *, axis: int = -1, topk: int | None = None, num_targets: int | None = None, **options: Any
+    x: Any,
+    /,
+    *,
+    axis: int = -1,
+    topk: int | None = None,
+    num_targets: int | None = None,
+    descending: bool = False,
+    **options: Any,
 ) -> _Call:
+    desc = _flag("sort", "descending", descending)
+
     def make(backend: Backend, n: int, dtype: Any, dev: Any) -> ops.Operator:
         k = _topk("sort", topk, n)
         m = None if num_targets is None else check.as_int("sort", "num_targets", num_targets, 1)
         if k is not None and m is not None:
             msg = f"sort() takes 'topk' or 'num_targets', not both (got topk={topk}, num_targets={num_targets})"
             raise ValueError(msg)
-        return ops.sort_op(k, m)
+        return ops.sort_op(k, m, descending=desc)
 
     return _along_axis("sort", x, axis, options, make)
+
+
+def _flag(fname: str, name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        msg = f"{fname}() argument {name!r} must be True or False, got {check._short(value)}"
+        raise TypeError(msg)
+    return value
 
 
 def _topk(fname: str, topk: Any, n: int) -> int | None:
@@ -222,7 +257,16 @@ def _topk(fname: str, topk: Any, n: int) -> int | None:
     return None if k <= 0 or k >= n else k
 
 
-def sort(x: Any, /, *, axis: int = -1, topk: int | None = None, num_targets: int | None = None, **options: Any) -> Any:
+def sort(
+    x: Any,
+    /,
+    *,
+    axis: int = -1,
+    topk: int | None = None,
+    num_targets: int | None = None,
+    descending: bool = False,
+    **options: Any,
+) -> Any:
     r"""Soft sort: increasing convex combinations of the values of ``x`` along ``axis``.
 
     Examples
@@ -297,12 +341,21 @@ def sort(x: Any, /, *, axis: int = -1, topk: int | None = None, num_targets: int
     measure on ``z`` to ``b`` on ``linspace(0, 1, m)``, the output is ``(P^T x) / b``.
     Soft sort is increasing and keeps the mean of ``x``.
     """
-    return _sort(x, axis=axis, topk=topk, num_targets=num_targets, **options).evaluate()
+    return _sort(x, axis=axis, topk=topk, num_targets=num_targets, descending=descending, **options).evaluate()
 
 
 def _ranks(
-    x: Any, /, *, axis: int = -1, num_targets: int | None = None, target_weights: Any = None, **options: Any
+    x: Any,
+    /,
+    *,
+    axis: int = -1,
+    num_targets: int | None = None,
+    target_weights: Any = None,
+    descending: bool = False,
+    **options: Any,
 ) -> _Call:
+    desc = _flag("ranks", "descending", descending)
+
     def make(backend: Backend, n: int, dtype: Any, dev: Any) -> ops.Operator:
         if target_weights is not None:
             if num_targets is not None and num_targets != target_weights.shape[0]:
@@ -315,15 +368,22 @@ def _ranks(
             if w.shape[0] < 2 and n > 1:
                 msg = "ranks() argument 'target_weights' needs at least 2 entries"
                 raise ValueError(msg)
-            return ops.ranks_op(None, w)
+            return ops.ranks_op(None, w, desc)
         m = None if num_targets is None else check.as_int("ranks", "num_targets", num_targets, 2)
-        return ops.ranks_op(m, None)
+        return ops.ranks_op(m, None, desc)
 
     return _along_axis("ranks", x, axis, options, make, target_weights=target_weights)
 
 
 def ranks(
-    x: Any, /, *, axis: int = -1, num_targets: int | None = None, target_weights: Any = None, **options: Any
+    x: Any,
+    /,
+    *,
+    axis: int = -1,
+    num_targets: int | None = None,
+    target_weights: Any = None,
+    descending: bool = False,
+    **options: Any,
 ) -> Any:
     r"""Soft ranks in ``[0, n - 1]`` of the values of ``x`` along ``axis``.
 
@@ -365,7 +425,9 @@ def ranks(
     Output ``n * (P @ arange(m)) * (n - 1) / (m - 1)``. Ranks keep the order of the
     inputs, lie in ``[0, n - 1]`` and sum to ``n (n - 1) / 2``.
     """
-    return _ranks(x, axis=axis, num_targets=num_targets, target_weights=target_weights, **options).evaluate()
+    return _ranks(
+        x, axis=axis, num_targets=num_targets, target_weights=target_weights, descending=descending, **options
+    ).evaluate()
 
 
 def _topk_mask(x: Any, /, k: int, *, axis: int = -1, **options: Any) -> _Call:
@@ -626,8 +688,11 @@ def quantile_normalization(x: Any, /, targets: Any, *, weights: Any = None, axis
     return _quantile_normalization(x, targets, weights=weights, axis=axis, **options).evaluate()
 
 
-def _sort_with(x: Any, /, criterion: Any, *, topk: int | None = None, **options: Any) -> _Call:
+def _sort_with(
+    x: Any, /, criterion: Any, *, topk: int | None = None, descending: bool = False, **options: Any
+) -> _Call:
     fname = "sort_with"
+    desc = _flag(fname, "descending", descending)
     xp = check.namespace(fname, x=x, criterion=criterion)
     if x.ndim == 0:
         msg = f"{fname}() argument 'x' must have at least one dimension, got a 0-d array"
@@ -648,7 +713,7 @@ def _sort_with(x: Any, /, criterion: Any, *, topk: int | None = None, **options:
     k = _topk(fname, topk, n)
 
     def make(backend: Backend, n: int, dtype: Any, dev: Any) -> ops.Operator:
-        return ops.sort_op(k, None, rows=True)
+        return ops.sort_op(k, None, rows=True, descending=desc)
 
     # The rows promote with the criterion: both are computed in their common dtype.
     call = _along_axis(fname, crit, -1, options, make, name="criterion", x=x)
@@ -674,7 +739,7 @@ def _sort_with(x: Any, /, criterion: Any, *, topk: int | None = None, **options:
     return call._replace(values=values, to_user=to_user, from_user=from_user, grad_to_user=grad_to_user)
 
 
-def sort_with(x: Any, /, criterion: Any, *, topk: int | None = None, **options: Any) -> Any:
+def sort_with(x: Any, /, criterion: Any, *, topk: int | None = None, descending: bool = False, **options: Any) -> Any:
     r"""Sort the rows of ``x`` by ``criterion``: composite rows in increasing criterion order.
 
     Examples
@@ -717,7 +782,7 @@ def sort_with(x: Any, /, criterion: Any, *, topk: int | None = None, **options: 
     -----
     Output ``(P^T X) / b`` where ``P`` is the plan of :func:`sort` on ``criterion``.
     """
-    return _sort_with(x, criterion, topk=topk, **options).evaluate()
+    return _sort_with(x, criterion, topk=topk, descending=descending, **options).evaluate()
 
 
 def transport_for_sort(
@@ -789,7 +854,7 @@ def transport_for_sort(
         return ops.plan_op(a, b, m)
 
     call = _along_axis(fname, x, axis, options, make, weights=weights, target_weights=target_weights)
-    plan, t = ops.run(call.backend, call.op, call.values, call.criterion, call.eps, call.squash, call.config)
+    plan, t = call.run()
     converged = _report(fname, call.backend, t, call.config)
     xp = call.backend.xp
     dims = check.axes(fname, axis, x.ndim)
@@ -874,7 +939,15 @@ def vjp(fun: Callable[..., Any], x: Any, /, *args: Any, **kwargs: Any) -> tuple[
             "vjp() differentiates the default squashing only; use JAX or PyTorch autodiff for a custom 'squashing_fun'"
         )
         raise ValueError(msg)
-    out, t, pullback = ops.run_vjp(call.backend, call.op, call.values, call.criterion, call.eps, call.config)
+    out, t, pullback = ops.run_vjp(
+        call.backend,
+        call.op,
+        call.values,
+        call.criterion,
+        call.eps,
+        call.config,
+        straight_through=call.straight_through,
+    )
     _report(call.fname, call.backend, t, call.config)
     user_out = call.cast(call.to_user(out))
     x_dtype = x.dtype

@@ -45,7 +45,10 @@ def hard_plan(xp: Any, z: Any, a: Any, b: Any) -> Any:
     cum_b = xp.cumulative_sum(b, axis=-1)
     start_b = xp.concat([xp.zeros((*b.shape[:-1], 1), dtype=b.dtype, device=device(b)), cum_b[..., :-1]], axis=-1)
     overlap = xp.minimum(hi[..., :, None], cum_b[..., None, :]) - xp.maximum(lo[..., :, None], start_b[..., None, :])
-    overlap = xp.maximum(overlap, xp.zeros_like(overlap))
+    # Interval ends are cumulative sums: equal masses may differ in their last bits, and
+    # such a rounding sliver is not an overlap (a hard mask must be exactly 0 or 1).
+    sliver = 4.0 * max(n, b.shape[-1]) * xp.finfo(a.dtype).eps
+    overlap = xp.where(overlap > sliver, overlap, xp.zeros_like(overlap))
     width = hi - lo
     share = a / xp.where(width > 0, width, xp.ones_like(width))
     return overlap * share[..., :, None]

@@ -14,6 +14,7 @@ from .._compat import device
 from . import _readouts as ro
 from . import _targets
 from ._config import SolverConfig
+from ._hard import hard_plan
 from ._squash import default_squash, default_squash_vjp
 from ._transport import Transport, transport, transport_vjp
 
@@ -48,8 +49,11 @@ def _pad_front(xp: Any, cot: Any, start: int, axis: int) -> Any:
 
 
 # -- sort and sort_with ----------------------------------------------------------------------
-def sort_op(topk: int | None, num_targets: int | None, rows: bool = False) -> Operator:
-    """``topk`` in [1, n) selects the top-k measure; else ``num_targets`` uniform targets."""
+def sort_op(topk: int | None, num_targets: int | None, rows: bool = False, descending: bool = False) -> Operator:
+    """``topk`` in [1, n) selects the top-k measure; else ``num_targets`` uniform targets.
+
+    ``descending``: the same plan, its composite values read from the last target down.
+    """
 
     def prepare(xp: Any, n: int, like: Any) -> Prepared:
         if topk is not None and topk < n:
@@ -72,19 +76,39 @@ def sort_op(topk: int | None, num_targets: int | None, rows: bool = False) -> Op
         def readout_vjp(xp: Any, plan: Any, values: Any, b: Any, start: int, cot: Any) -> Any:
             return ro.sorted_values_vjp(xp, plan, values, b, _pad_front(xp, cot, start, -1))
 
-    return Operator(prepare, readout, readout_vjp)
+    op = Operator(prepare, readout, readout_vjp)
+    return _flipped(op, -2 if rows else -1) if descending else op
+
+
+def _flipped(op: Operator, axis: int) -> Operator:
+    """``op`` with its output read in the reverse order of the targets (``descending=True``)."""
+
+    def readout(xp: Any, plan: Any, values: Any, b: Any, aux: Any) -> Any:
+        return xp.flip(op.readout(xp, plan, values, b, aux), axis=axis)
+
+    def readout_vjp(xp: Any, plan: Any, values: Any, b: Any, aux: Any, cot: Any) -> Any:
+        return op.readout_vjp(xp, plan, values, b, aux, xp.flip(cot, axis=axis))
+
+    return Operator(op.prepare, readout, readout_vjp)
 
 
 # -- ranks and topk_mask ----------------------------------------------------------------------
-def ranks_op(num_targets: int | None, target_weights: Any) -> Operator:
+def ranks_op(num_targets: int | None, target_weights: Any, descending: bool = False) -> Operator:
+    """Ranks on ``num_targets`` uniform targets or ``target_weights``.
+
+    ``descending``: target ``j`` stands for rank ``m - 1 - j`` (rank 0 is the largest
+    value), and ``target_weights[r]`` is the mass of rank ``r`` counted from the largest.
+    """
+
     def prepare(xp: Any, n: int, like: Any) -> Prepared:
         if target_weights is not None:
-            b = target_weights
+            b = xp.flip(target_weights) if descending else target_weights
         else:
             b = _targets.uniform(xp, num_targets or n, like)
         m = b.shape[-1]
         scale = (n - 1) / (m - 1) if m > 1 else 0.0
-        return Prepared(b, (_arange_like(xp, m, like), scale))
+        levels = _arange_like(xp, m, like)
+        return Prepared(b, ((m - 1) - levels if descending else levels, scale))
 
     def readout(xp: Any, plan: Any, values: Any, b: Any, aux: Any) -> Any:
         return ro.transported(xp, plan, aux[0], aux[1])
@@ -245,6 +269,7 @@ def run(
     eps: Any,
     squash: Callable[[Any], Any] | None,
     config: SolverConfig,
+    straight_through: bool = False,
 ) -> tuple[Any, Transport]:
     """Forward pass, differentiable by the framework (the plan by its implicit VJP).
 
@@ -260,7 +285,7 @@ def run(
     if len(spans) > 1:
 
         def one(v: Any, c: Any) -> tuple[Any, Transport]:
-            out, t = run(backend, op, v, c, eps, squash, config)
+            out, t = run(backend, op, v, c, eps, squash, config, straight_through)
             return out, _kept(op, t)
 
         chunk = backend.checkpoint(one, values, criterion)
@@ -272,7 +297,21 @@ def run(
         msg = f"option 'squashing_fun' must return an array of the shape it receives {shapes}"
         raise ValueError(msg)
     t = transport(backend, config, z, a, b, eps)
-    return op.readout(xp, t.plan, values, b, prep.aux), t
+    out = op.readout(xp, t.plan, values, b, prep.aux)
+    if straight_through:
+        out = _straight_through(backend, op, out, z, a, b, values, prep.aux)
+    return out, t
+
+
+def _straight_through(backend: Any, op: Operator, soft: Any, z: Any, a: Any, b: Any, values: Any, aux: Any) -> Any:
+    """The hard operator's value with the soft operator's derivatives (``straight_through=True``).
+
+    The hard value is the same read-out on the exact epsilon -> 0 plan (:mod:`._hard`);
+    ``soft - stop_gradient(soft)`` is exactly zero and carries the soft derivatives.
+    """
+    xp, stop = backend.xp, backend.stop_gradient
+    hard = stop(op.readout(xp, hard_plan(xp, stop(z), stop(a), stop(b)), stop(values), stop(b), aux))
+    return hard + (soft - stop(soft))
 
 
 def run_vjp(
@@ -283,6 +322,7 @@ def run_vjp(
     eps: Any,
     config: SolverConfig,
     same: bool | None = None,
+    straight_through: bool = False,
 ) -> tuple[Any, Transport, Callable[[Any], Any]]:
     """Eager forward and a pull-back to ``values`` (default squashing; for softsort.vjp)."""
     xp = backend.xp
@@ -295,7 +335,7 @@ def run_vjp(
         # through it before the next.
         parts = []
         for s, e in spans:
-            out, t, _ = run_vjp(backend, op, values[s:e, ...], criterion[s:e, ...], eps, config, same)
+            out, t, _ = run_vjp(backend, op, values[s:e, ...], criterion[s:e, ...], eps, config, same, straight_through)
             parts.append((out, _kept(op, t)))
         out, t = _concat_runs(xp, parts)
         del parts
@@ -313,6 +353,8 @@ def run_vjp(
     z = default_squash(backend, criterion)
     t, plan_pullback = transport_vjp(backend, config, z, a, b, eps)
     out = op.readout(xp, t.plan, values, b, prep.aux)
+    if straight_through:  # the value is the hard operator's, the pull-back the soft one's
+        out = _straight_through(backend, op, out, z, a, b, values, prep.aux)
 
     def pullback(cot: Any) -> Any:
         d_plan, d_values = op.readout_vjp(xp, t.plan, values, b, prep.aux, cot)

@@ -191,9 +191,17 @@ def _returned(backend: Any, plan: Any, a: Any, b: Any) -> tuple[Any, Any]:
     return plan, backend.stop_gradient(err)
 
 
+#: A row stops once the loop's own error is below this fraction of the threshold. The
+#: returned plan (rows rescaled, made as ``K * u * v`` or from the potentials) has the
+#: same error up to rounding, a few ulps of each column sum (about 1e-8 absolute in float32
+#: for m = 50), and that error decides ``converged``: without the margin, rows that stopped
+#: just below the threshold were reported unconverged (2 of 20000 rows of 50 in float32).
+STOP_MARGIN = 0.99
+
+
 def _running(config: SolverConfig, state: _State) -> Any:
     """Rows still iterating (NaN >= threshold is False: a diverged row stops)."""
-    return (state.last_err >= config.threshold) | (state.it < config.min_iterations)
+    return (state.last_err >= STOP_MARGIN * config.threshold) | (state.it < config.min_iterations)
 
 
 def _iterate(backend: Any, config: SolverConfig, rows: _Rows, state: _State, levels: int) -> _State:
