@@ -61,6 +61,12 @@ class Backend:
         """
         return self.xp.stack([fn(x[i, ...]) for i in range(x.shape[0])], axis=0)
 
+    def fori_loop(self, lower: int, upper: int, body: Callable[[Any, State], State], state: State) -> State:
+        """``state = body(i, state)`` for ``i`` in ``range(lower, upper)`` (fixed trip count)."""
+        for i in range(lower, upper):
+            state = body(i, state)
+        return state
+
     def bounded_while_loop(
         self,
         cond: Callable[[State], Any],

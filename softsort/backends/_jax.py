@@ -33,6 +33,9 @@ class JaxBackend(Backend):
         # OTT-JAX's apply_on_axis vmaps too: a function written for it traces the same way.
         return jax.vmap(fn)(x)
 
+    def fori_loop(self, lower: int, upper: int, body: Callable[[Any, State], State], state: State) -> State:
+        return jax.lax.fori_loop(lower, upper, body, state)
+
     def bounded_while_loop(
         self, cond: Callable[[State], Any], body: Callable[[State], State], state: State, max_trips: int
     ) -> State:
