@@ -296,6 +296,9 @@ def sort(
         is ``-1``) and ``topk >= n`` sort fully, as in OTT-JAX.
     num_targets : int, optional
         Number of composite sorted values (default ``n``).
+    descending : bool
+        Return the values in decreasing order (the same plan read from the last target
+        down; with ``topk``, the ``topk`` largest values, largest first).
     **options
         ``epsilon`` (default ``1e-2``; number or 0-d array of the input's library, may be
         traced; checked in the compute dtype to lie in ``[machine epsilon, 1 / machine
@@ -315,7 +318,13 @@ def sort(
         ``memory_budget`` (``2**30`` bytes of working memory per call, counted as 6 arrays of
         ``n x m`` per problem; larger batches run in chunks of rows, a single problem over
         it raises ``ValueError``; the returned arrays come on top, twice while chunks are
-        joined; under ``jax.jit`` the compiler schedules the chunks, see :doc:`math`).
+        joined; under ``jax.jit`` the compiler schedules the chunks, see the math page).
+        ``momentum`` (``"adaptive"``: over-relaxation estimated per problem below
+        epsilon ``5e-3``, plain steps above; or a fixed factor in ``[1, 2)``), ``init``
+        (``"auto"``: the exact unregularized dual below epsilon ``5e-3``, zeros above;
+        ``"dual"``, ``"zeros"``), ``straight_through`` (``False``; ``True``: the value of
+        the exact epsilon -> 0 operator, computed without Sinkhorn, with the derivatives of
+        the soft one; every operator).
         OTT-JAX's Sinkhorn keywords (``lse_mode``, ``momentum=Momentum(...)``,
         ``implicit_diff=None`` or ``ImplicitDiff(...)``, ...) are translated into these
         or refused with the option to use instead (table in the migration guide).
@@ -407,6 +416,9 @@ def ranks(
     target_weights : array, optional
         Weights (positive, summing to 1) of the targets, overriding ``num_targets``.
         May be traced under ``jax.jit`` and differentiated.
+    descending : bool
+        Rank from the largest: rank 0 goes to the largest value, and
+        ``target_weights[r]`` is the mass of rank ``r`` counted from the largest.
     **options
         Solver options, see :func:`sort`.
 
@@ -765,6 +777,8 @@ def sort_with(x: Any, /, criterion: Any, *, topk: int | None = None, descending:
     topk : int, optional
         Keep only the rows of the ``topk`` largest criteria (increasing order);
         ``None``, ``topk <= 0`` and ``topk >= n`` keep every row, as in OTT-JAX.
+    descending : bool
+        Composite rows in decreasing criterion order.
     **options
         Solver options, see :func:`sort`.
 
