@@ -6,7 +6,6 @@ Everything here is about shapes, dtypes and messages; the math is in :mod:`softs
 from __future__ import annotations
 
 import math
-import operator
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -246,14 +245,7 @@ def _topk(fname: str, topk: Any, n: int) -> int | None:
     """
     if topk is None:
         return None
-    if isinstance(topk, bool):
-        msg = f"{fname}() argument 'topk' must be an integer or None, got {topk!r}"
-        raise TypeError(msg)
-    try:
-        k = operator.index(topk)
-    except TypeError:
-        msg = f"{fname}() argument 'topk' must be an integer or None, got {check._short(topk)}"
-        raise TypeError(msg) from None
+    k = check.integer(fname, "topk", topk, "an integer or None")
     return None if k <= 0 or k >= n else k
 
 

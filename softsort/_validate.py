@@ -124,16 +124,21 @@ def stacklevel() -> int:
     return level
 
 
-def as_int(fname: str, name: str, value: Any, low: int, high: int | None = None) -> int:
-    """A Python integer in ``[low, high]``."""
+def integer(fname: str, name: str, value: Any, kind: str = "an integer") -> int:
+    """``value`` as a Python int: any integer type (``numpy.int64`` too), not a bool."""
     if isinstance(value, bool):
-        msg = f"{fname}() argument {name!r} must be an integer, got {value!r}"
+        msg = f"{fname}() argument {name!r} must be {kind}, got {value!r}"
         raise TypeError(msg)
     try:
-        value = operator.index(value)
+        return operator.index(value)
     except TypeError:
-        msg = f"{fname}() argument {name!r} must be an integer, got {_short(value)}"
+        msg = f"{fname}() argument {name!r} must be {kind}, got {_short(value)}"
         raise TypeError(msg) from None
+
+
+def as_int(fname: str, name: str, value: Any, low: int, high: int | None = None) -> int:
+    """A Python integer in ``[low, high]``."""
+    value = integer(fname, name, value)
     if value < low or (high is not None and value > high):
         bound = f">= {low}" if high is None else f"in [{low}, {high}]"
         msg = f"{fname}() argument {name!r} must be {bound}, got {value}"
