@@ -7,8 +7,7 @@ from typing import Any
 
 #: Below this epsilon the solver takes its own, faster path to the fixed point (exact-dual
 #: start, adaptive over-relaxation). At or above it, and so at the default 1e-2, it takes
-#: OTT-JAX's path (zero start, plain steps): results at a loose threshold then match
-#: OTT-JAX's to well within that threshold, which ported code relies on.
+#: OTT-JAX's path (zero start, plain steps), where tens of iterations suffice.
 ACCELERATE_BELOW = 5e-3
 
 
