@@ -297,12 +297,9 @@ def options(fname: str, given: dict[str, Any]) -> tuple[Any, Any, SolverConfig]:
 def epsilon_range(dtype: Any, xp: Any) -> tuple[float, float]:
     """``(low, high)``: the epsilons the solver supports in the compute dtype ``dtype``.
 
-    ``low`` is the machine epsilon (float32: about 1.2e-7, float64: 2.2e-16). The solver
-    works with potentials in units of epsilon, which reach ``cost / epsilon`` with costs in
-    [0, 1]; their rounding error, ``machine epsilon / epsilon`` in the exponent of each plan
-    entry, exceeds 1 below it. Measured: float32 sorts were garbage (errors 1e8 to inf) from
-    epsilon 1e-9 down, float64 from 1e-19 down, while 1e-37 / 1e-300 were still finite;
-    ``tests/test_bad_inputs.py::test_epsilon_range_ends_are_usable`` checks both ends.
+    ``low`` is the solver's :func:`softsort._core._config.smallest_epsilon` (the machine
+    epsilon: why is said there); ``tests/test_bad_inputs.py::test_epsilon_range_ends_are_usable``
+    checks both ends.
 
     ``high`` is ``1 / machine epsilon`` (float32: about 8.4e6, float64: 4.5e15): above it
     every ``cost / epsilon`` is below the machine epsilon, ``exp(-cost / epsilon)`` rounds
