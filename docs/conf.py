@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, ROOT)  # softsort and softsort_tutorial from the checkout
+sys.path.insert(0, ROOT)  # softsort (its tutorial included) from the checkout
 
 import softsort  # noqa: E402
 

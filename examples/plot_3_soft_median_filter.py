@@ -10,7 +10,7 @@ the hard median) and ``epsilon = 1`` (close to a mean filter, which smears the n
 
 ``generic_filter`` calls its function once per pixel, which for a soft median is one
 small Sinkhorn solve per pixel. softsort solves any batch of problems in one batched
-Sinkhorn, so :func:`softsort_tutorial.demo.soft_median_filter` extracts the 3x3 patches
+Sinkhorn, so :func:`softsort.tutorial.demo.soft_median_filter` extracts the 3x3 patches
 with ``numpy.lib.stride_tricks.sliding_window_view`` (same ``"reflect"`` border as
 ``generic_filter``) and calls :func:`softsort.quantile` once on a ``(H, W, 9)`` array.
 On a small crop we check that both give the same image.
@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 import softsort
-from softsort_tutorial import demo
+from softsort.tutorial import demo
 
 photo = demo.load_photo(downsample=4)
 noisy = demo.salt_and_pepper(photo, fraction=0.1, seed=0)

@@ -25,7 +25,7 @@ loss, Adam (lr ``2e-3``) for cross-entropy; evaluation after every epoch. The sa
 
 import time
 
-from softsort_tutorial import training
+from softsort.tutorial import training
 
 t = time.perf_counter()
 metrics = training.run("jax", data="digits", progress=False)

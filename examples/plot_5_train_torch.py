@@ -17,7 +17,7 @@ The same run is ``python -m softsort train --framework torch``.
 
 import time
 
-from softsort_tutorial import training
+from softsort.tutorial import training
 
 t = time.perf_counter()
 metrics = training.run("torch", data="digits", progress=False)

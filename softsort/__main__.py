@@ -1,6 +1,6 @@
 """Command line: ``python -m softsort demo`` and ``python -m softsort train``.
 
-A thin front end: the work is done by the ``softsort_tutorial`` package (shipped with
+A thin front end: the work is done by the ``softsort.tutorial`` package (shipped with
 softsort), imported lazily so that ``import softsort`` stays free of matplotlib, JAX and
 PyTorch.
 """
@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
 def _missing(modules: list[str]) -> str | None:
     import importlib.util
 
-    from softsort_tutorial._deps import EXTRAS, install_command
+    from softsort.tutorial._deps import EXTRAS, install_command
 
     absent = [name for name in modules if importlib.util.find_spec(name) is None]
     if not absent:
@@ -55,8 +55,8 @@ def _missing(modules: list[str]) -> str | None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from softsort_tutorial import demo
-    from softsort_tutorial._deps import MissingDependencyError
+    from softsort.tutorial import demo
+    from softsort.tutorial._deps import MissingDependencyError
 
     try:
         demo.run_demo(args.backend, None if args.no_figures else args.out)
@@ -67,7 +67,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from softsort_tutorial import training
+    from softsort.tutorial import training
 
     framework_deps = ["jax", "flax", "optax"] if args.framework == "jax" else ["torch"]
     needed = [*framework_deps, "matplotlib"]

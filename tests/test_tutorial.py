@@ -1,4 +1,4 @@
-"""The tutorial package and the command line: IDX parser, demo, training (fast settings)."""
+"""softsort.tutorial and the command line: IDX parser, demo, training (fast settings)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from softsort import __main__ as cli
-from softsort_tutorial import _deps, data, demo, training
-from softsort_tutorial.data import IDXError, read_idx, write_idx
+from softsort.tutorial import _deps, data, demo, training
+from softsort.tutorial.data import IDXError, read_idx, write_idx
 
 
 # -- IDX parser ----------------------------------------------------------------------------------
@@ -271,15 +271,15 @@ def test_soft_error_loss_agrees_across_frameworks():
     if importlib.util.find_spec("torch") is not None:
         import torch
 
-        from softsort_tutorial import _torch_model
+        from softsort.tutorial import _torch_model
 
         got = _torch_model.losses(torch.from_numpy(logits), torch.from_numpy(labels))["soft_error"]
         assert float(got) == pytest.approx(ref, rel=1e-3, abs=1e-4)
     if all(importlib.util.find_spec(m) is not None for m in ("jax", "optax", "flax")):
         import jax.numpy as jnp
 
-        from softsort_tutorial import _deps as deps
-        from softsort_tutorial import _jax_model
+        from softsort.tutorial import _deps as deps
+        from softsort.tutorial import _jax_model
 
         with deps.quiet_int64_warning():
             got = _jax_model.losses(jnp.asarray(logits), jnp.asarray(labels))["soft_error"]

@@ -260,7 +260,7 @@ def run(
     losses : sequence of str
         Losses to train with, each from scratch.
     data : str or Dataset
-        ``"digits"``, ``"mnist:DIR"`` or a :class:`~softsort_tutorial.data.Dataset`.
+        ``"digits"``, ``"mnist:DIR"`` or a :class:`~softsort.tutorial.data.Dataset`.
     epochs : int, optional
         Overrides ``config.epochs``.
     out : str or path-like, optional
