@@ -138,11 +138,11 @@ def test_digits():
 
 # -- dependencies and import hygiene ---------------------------------------------------------
 def test_install_hints():
-    assert 'softsort[examples]"' in _deps.install_hint("matplotlib.pyplot")
-    assert "softsort[examples,jax]" in _deps.install_hint("flax.linen")
-    assert 'softsort[torch]"' in _deps.install_hint("torch")
-    assert _deps.install_command(["jax", "flax", "matplotlib"]) == 'pip install "softsort[examples,jax]" flax optax'
-    assert _deps.install_command(["torch"]) == 'pip install "softsort[torch]"'
+    assert 'softsort-ot[examples]"' in _deps.install_hint("matplotlib.pyplot")
+    assert "softsort-ot[examples,jax]" in _deps.install_hint("flax.linen")
+    assert 'softsort-ot[torch]"' in _deps.install_hint("torch")
+    assert _deps.install_command(["jax", "flax", "matplotlib"]) == 'pip install "softsort-ot[examples,jax]" flax optax'
+    assert _deps.install_command(["torch"]) == 'pip install "softsort-ot[torch]"'
     with pytest.raises(_deps.MissingDependencyError, match="pip install"):
         _deps.require("softsort_no_such_module")
 
@@ -190,7 +190,7 @@ def test_demo_cli_without_matplotlib(tmp_path, capsys, monkeypatch):
     assert cli.main(["demo", "--out", str(tmp_path / "figs")]) == 0
     out = capsys.readouterr().out
     assert "ranks" in out
-    assert 'pip install "softsort[examples]"' in out
+    assert 'pip install "softsort-ot[examples]"' in out
     assert not (tmp_path / "figs").exists()
 
 
@@ -312,10 +312,10 @@ def test_train_cli_missing_framework(capsys, monkeypatch):
     assert cli.main(["train", "--framework", "torch"]) == 1
     err = capsys.readouterr().err
     assert "torch" in err
-    assert re.search(r'pip install "softsort\[(examples,)?torch\]"', err)
+    assert re.search(r'pip install "softsort-ot\[(examples,)?torch\]"', err)
     assert cli.main(["train", "--framework", "jax"]) == 1
     err = capsys.readouterr().err
-    assert re.search(r'pip install "softsort\[(examples,)?jax\]" flax optax', err)
+    assert re.search(r'pip install "softsort-ot\[(examples,)?jax\]" flax optax', err)
 
 
 def test_docstring_examples():
