@@ -67,3 +67,30 @@ def test_docs_numpydoc_parses_the_section():
     for fun in OPERATORS:
         parsed = docscrape.FunctionDoc(fun)
         assert [p.name for p in parsed["Other Parameters"]] == [n for n in _other_parameters(fun)]
+
+
+# Figures of time, speed or memory on the site come from the scripts that measure them
+# (benchmarks/results/*, included by the pages, and the gallery's output); a page's own text
+# states settings, not measurements. These are the settings that look like figures.
+_SETTINGS = ("4x larger step", "downsized 4x", "default 1 GiB", "10 % of the pixels", ":width:")
+# a number with a unit of time, memory, share or ratio ("1000 x 10" is a shape, not a ratio)
+_FIGURE = re.compile(r"\b\d+(?:\.\d+)?\s?(?:s|ms|us|µs|min|minutes|seconds|hours|MiB|MB|GiB|GB|%|x(?!\s*\d))(?![\w-])")
+
+
+def test_docs_pages_type_no_measured_figures():
+    import pathlib
+
+    docs = pathlib.Path(__file__).resolve().parents[1] / "docs"
+    if not docs.is_dir():
+        pytest.skip("no docs/ beside tests/ (installed-package run)")
+    pages = sorted(docs.glob("*.rst")) + sorted((docs.parent / "examples").glob("*.py"))
+    found = []
+    for page in pages:
+        for number, line in enumerate(page.read_text().splitlines(), 1):
+            text = line
+            if any(allowed in text for allowed in _SETTINGS):
+                continue
+            if page.suffix == ".py" and ("print(" in text or text.lstrip().startswith("#")):
+                continue  # the gallery prints what it measures while the docs are built
+            found += [f"{page.name}:{number}: {m.group(0)!r} in {line.strip()[:80]!r}" for m in _FIGURE.finditer(text)]
+    assert not found, "\n".join(found)
