@@ -337,7 +337,7 @@ def plot_median_filter(path: str | os.PathLike[str] | None = None, images: dict[
     clean = images["original"]
     shown = [k for k in images if k != "original"]
     rows = -(-len(shown) // 2)  # two per row, so that each image stays large at page width
-    fig, axes = plt.subplots(rows, 2, figsize=(8, 4.2 * rows), layout="constrained", squeeze=False)
+    fig, axes = plt.subplots(rows, 2, figsize=(8, 3.3 * rows), layout="constrained", squeeze=False)
     axes = axes.ravel()
     for ax in axes[len(shown) :]:
         ax.set_axis_off()
