@@ -137,3 +137,48 @@ def bench(session: nox.Session) -> None:
     # CUDA build, so hide it. The benchmark skips torchsort (saying why) if this fails.
     session.install("torchsort==0.1.10", "--no-build-isolation", env={"PATH": "/usr/bin:/bin"}, success_codes=[0, 1])
     session.run("python", "benchmarks/bench.py", *session.posargs)
+
+
+@nox.session(tags=["ci"])
+def wheel(session: nox.Session) -> None:
+    """The package as users get it: sdist + wheel, twine check, then demo and NumPy tests on the installed wheel.
+
+    The tests run from a temporary folder holding a copy of tests/ (and the pytest settings),
+    so that `import softsort` finds the wheel in site-packages, never the checkout.
+    """
+    import glob
+    import shutil
+    import zipfile
+
+    session.install("build", "twine", "setuptools>=77")
+    tmp = session.create_tmp()
+    dist = os.path.join(tmp, "dist")
+    shutil.rmtree(dist, ignore_errors=True)
+    # No isolation: the build backend is the session's setuptools (no second download per run).
+    session.run("python", "-m", "build", "--no-isolation", "--outdir", dist, ".", silent=True)
+    built = sorted(glob.glob(os.path.join(dist, "*")))
+    session.run("twine", "check", "--strict", *built)
+    (whl,) = (p for p in built if p.endswith(".whl"))
+    with zipfile.ZipFile(whl) as zf:
+        tops = {name.split("/")[0] for name in zf.namelist() if ".dist-info/" not in name}
+    if tops != {"softsort"}:
+        session.error(f"the wheel must hold one top-level package, softsort; it holds {sorted(tops)}")
+    # Dependencies through the extra, then the wheel itself over any earlier install of the same version.
+    session.install(f"{whl}[test]")
+    session.install("--force-reinstall", "--no-deps", whl)
+    run_dir = os.path.join(tmp, "installed")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    shutil.copytree("tests", os.path.join(run_dir, "tests"), ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy("pyproject.toml", run_dir)  # pytest settings only; there is no softsort/ beside it
+    session.chdir(run_dir)
+    session.run(
+        "python",
+        "-c",
+        "import sysconfig, pathlib, softsort; f = pathlib.Path(softsort.__file__).resolve(); "
+        "site = pathlib.Path(sysconfig.get_paths()['purelib']).resolve(); "
+        "assert site in f.parents, f'softsort imported from {f}, not from {site}'; print('softsort from', f)",
+    )
+    session.run("python", "-m", "softsort", "demo", "--out", os.path.join(run_dir, "figures"))
+    # The long checks stay in tests-numpy (same tests, on the checkout); posargs replace the selection.
+    args = session.posargs or ["tests", "-m", "not slow"]
+    session.run(*PYTEST, *args, env={"SOFTSORT_TEST_BACKENDS": "numpy"})

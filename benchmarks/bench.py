@@ -59,6 +59,7 @@ except ImportError:
 
 import _libs  # noqa: E402
 import _measure  # noqa: E402
+import _targets  # noqa: E402
 import _workloads as wl  # noqa: E402
 
 SWEEP_EPS = (1e-2, 1e-3, 1e-4)
@@ -546,6 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     if "torch" in sys.modules:
         versions["torch_threads"] = sys.modules["torch"].get_num_threads()
     meta: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"),
         "machine": _measure.machine(),
         "versions": versions,
         "options": {
@@ -571,6 +573,7 @@ def main(argv: list[str] | None = None) -> int:
         f.write(text)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({**meta, "cells": list(cells.values()), "sweep": sweep_rows}, f, indent=1, default=str)
+    _targets.write({**meta, "cells": list(cells.values()), "sweep": sweep_rows}, args.out)  # docs/performance.rst
     msg = plot(cells, libs, names, os.path.join(args.out, "timings.png"))
     print(msg or f"wrote {args.out}/results.md, results.json, timings.png", flush=True)
     print(f"total {time.perf_counter() - t_start:.0f} s", flush=True)

@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, ROOT)  # softsort and softsort_tutorial from the checkout
+sys.path.insert(0, ROOT)  # softsort (its tutorial included) from the checkout
 
 import softsort  # noqa: E402
 
@@ -30,8 +30,11 @@ extensions = [
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
 templates_path: list[str] = []
 html_static_path = ["_static"]
-html_theme = "alabaster"
-html_theme_options = {"description": "Differentiable sorting by entropic optimal transport", "fixed_sidebar": True}
+# furo: code and output scroll instead of being cut, and figures can take the page's width
+# (custom.css widens the content column so that multi-panel figures stay readable).
+html_theme = "furo"
+html_title = f"softsort {release}"
+html_css_files = ["custom.css"]
 
 autosummary_generate = True
 autodoc_typehints = "none"
@@ -42,7 +45,8 @@ numpydoc_xref_param_type = False
 sphinx_gallery_conf = {
     "examples_dirs": ["../examples"],
     "gallery_dirs": ["auto_examples"],
-    "filename_pattern": "/plot_",
+    # SOFTSORT_GALLERY_PATTERN=/plot_[123] executes the fast examples only (not the training)
+    "filename_pattern": os.environ.get("SOFTSORT_GALLERY_PATTERN", "/plot_"),
     "within_subsection_order": "FileNameSortKey",
     "abort_on_example_error": True,
     "download_all_examples": False,

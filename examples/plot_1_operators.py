@@ -13,7 +13,7 @@ the hard ones; larger ``epsilon`` blends the values together.
 import numpy as np
 
 import softsort
-from softsort_tutorial import demo
+from softsort.tutorial import demo
 
 print(demo.format_table(demo.operator_table("numpy")))
 

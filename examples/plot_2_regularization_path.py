@@ -10,7 +10,7 @@ soft ranks are monotone for every ``epsilon``.
 
 import numpy as np
 
-from softsort_tutorial import demo
+from softsort.tutorial import demo
 
 eps, sorted_values, ranks = demo.regularization_path()
 order = np.argsort(demo.X)

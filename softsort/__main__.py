@@ -1,6 +1,6 @@
 """Command line: ``python -m softsort demo`` and ``python -m softsort train``.
 
-A thin front end: the work is done by the ``softsort_tutorial`` package (shipped with
+A thin front end: the work is done by the ``softsort.tutorial`` package (shipped with
 softsort), imported lazily so that ``import softsort`` stays free of matplotlib, JAX and
 PyTorch.
 """
@@ -12,40 +12,51 @@ import sys
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m softsort", description="softsort tutorial: demo and training.")
+    from softsort.tutorial.training import TrainConfig  # numpy only: no framework is imported
+
+    cfg = TrainConfig()
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="python -m softsort", description="softsort tutorial: demo and training.", formatter_class=fmt
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{demo,train}")
     demo = sub.add_parser(
         "demo",
         help="soft operators beside the hard ones; regularization path and soft median filter figures",
         description="Print the soft operators on x=[1,5,4,8,12] beside the hard ones, and write "
         "regularization_path.png, median_filter.png and operators.png (needs matplotlib, scipy, scikit-learn).",
+        formatter_class=fmt,
     )
-    demo.add_argument("--backend", choices=("numpy", "jax", "torch"), default="numpy", help="array library (numpy)")
-    demo.add_argument("--out", default="out", help="folder for the figures (default: out)")
+    demo.add_argument("--backend", choices=("numpy", "jax", "torch"), default="numpy", help="array library")
+    demo.add_argument("--out", default="out", help="folder for the figures")
     demo.add_argument("--no-figures", action="store_true", help="only print the table")
     train = sub.add_parser(
         "train",
         help="train a small CNN with the soft 0/1 loss and/or cross-entropy",
         description="Train the tutorial CNN through soft ranks (soft 0/1 loss) and with cross-entropy; "
         "write metrics.json and training_curves.png.",
+        formatter_class=fmt,
     )
     train.add_argument("--framework", choices=("jax", "torch"), default="jax", help="jax (flax+optax) or torch")
     train.add_argument(
-        "--loss", choices=("soft-error", "cross-entropy", "both"), default="both", help="loss to train with (both)"
+        "--loss", choices=("soft-error", "cross-entropy", "both"), default="both", help="loss to train with"
     )
-    train.add_argument("--data", default="digits", help="'digits' (scikit-learn, offline; default) or 'mnist:DIR'")
-    train.add_argument("--epochs", type=int, default=None, help="passes over the training set (default 15)")
-    train.add_argument("--batch-size", type=int, default=None, help="batch size (default 64)")
-    train.add_argument("--seed", type=int, default=0, help="random seed (0)")
-    train.add_argument("--out", default=None, help="output folder (default: out/train-<framework>)")
-    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--data", default="digits", help="'digits' (scikit-learn, offline) or 'mnist:DIR'")
+    train.add_argument("--epochs", type=int, default=cfg.epochs, help="passes over the training set")
+    train.add_argument("--batch-size", type=int, default=cfg.batch_size, help="examples per step")
+    train.add_argument("--seed", type=int, default=cfg.seed, help="seed of the initialization and batch order")
+    # The default depends on --framework, so it is written out instead of shown as None.
+    train.add_argument(
+        "--out", default=argparse.SUPPRESS, help="output folder (default: out/train-<framework>, e.g. out/train-jax)"
+    )
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar (drawn on stderr)")
     return parser
 
 
 def _missing(modules: list[str]) -> str | None:
     import importlib.util
 
-    from softsort_tutorial._deps import EXTRAS, install_command
+    from softsort.tutorial._deps import EXTRAS, install_command
 
     absent = [name for name in modules if importlib.util.find_spec(name) is None]
     if not absent:
@@ -55,8 +66,8 @@ def _missing(modules: list[str]) -> str | None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from softsort_tutorial import demo
-    from softsort_tutorial._deps import MissingDependencyError
+    from softsort.tutorial import demo
+    from softsort.tutorial._deps import MissingDependencyError
 
     try:
         demo.run_demo(args.backend, None if args.no_figures else args.out)
@@ -67,7 +78,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from softsort_tutorial import training
+    from softsort.tutorial import training
 
     framework_deps = ["jax", "flax", "optax"] if args.framework == "jax" else ["torch"]
     needed = [*framework_deps, "matplotlib"]
@@ -81,20 +92,19 @@ def _train(args: argparse.Namespace) -> int:
             f"error: python -m softsort train --framework {args.framework} needs more packages: {hint}", file=sys.stderr
         )
         return 1
-    if args.epochs is not None and args.epochs < 1:
+    if args.epochs < 1:
         print("error: --epochs must be at least 1", file=sys.stderr)
         return 2
-    cfg = training.TrainConfig()
-    if args.batch_size is not None or args.seed:
-        from dataclasses import replace
+    if args.batch_size < 1:
+        print("error: --batch-size must be at least 1", file=sys.stderr)
+        return 2
+    from dataclasses import replace
 
-        cfg = replace(cfg, batch_size=args.batch_size or cfg.batch_size, seed=args.seed)
+    cfg = replace(training.TrainConfig(), epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
     losses = training.LOSSES if args.loss == "both" else (args.loss,)
-    out = args.out or f"out/train-{args.framework}"
+    out = getattr(args, "out", None) or f"out/train-{args.framework}"
     try:
-        metrics = training.run(
-            args.framework, losses, args.data, args.epochs, out, config=cfg, progress=not args.no_progress
-        )
+        metrics = training.run(args.framework, losses, args.data, None, out, config=cfg, progress=not args.no_progress)
     except (OSError, ValueError) as exc:  # missing or malformed MNIST files, bad --data
         print(f"error: {exc}", file=sys.stderr)
         return 1

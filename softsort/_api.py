@@ -15,6 +15,7 @@ from . import _validate as check
 from ._core import _operators as ops
 from ._core._config import SolverConfig
 from ._core._transport import Transport
+from ._docs import solver_options
 from ._errors import ConvergenceWarning
 from .backends import Backend, get_backend
 
@@ -249,6 +250,7 @@ def _topk(fname: str, topk: Any, n: int) -> int | None:
     return None if k <= 0 or k >= n else k
 
 
+@solver_options()
 def sort(
     x: Any,
     /,
@@ -292,34 +294,7 @@ def sort(
         Return the values in decreasing order (the same plan read from the last target
         down; with ``topk``, the ``topk`` largest values, largest first).
     **options
-        ``epsilon`` (default ``1e-2``; number or 0-d array of the input's library, may be
-        traced; checked in the compute dtype to lie in ``[machine epsilon, 1 / machine
-        epsilon]``, e.g. ``[1.2e-7, 8.4e6]`` in float32, else ``ValueError``: below, the
-        solver's potentials in units of epsilon outgrow the dtype's precision, above, the
-        result is the ``epsilon -> inf`` limit), ``squashing_fun`` (callable mapping
-        ``(..., n)`` values into [0, 1] along the last axis; it must return a finite array
-        of the library, shape and dtype it receives; default ``sigmoid((x - mean) / (std +
-        1e-10 * min(1, s)))`` with ``s = max|x - mean|``: OTT-JAX's for rows with ``s >= 1``,
-        scale-free below), ``threshold`` (``1e-3``, L1 error of the returned plan's target
-        marginal; its input marginal is exact), ``max_iterations`` (``2000``),
-        ``inner_iterations`` (``10``, iterations between convergence checks, at most
-        ``max_iterations``), ``min_iterations`` (``0``; no problem stops before that many
-        iterations),
-        ``implicit_diff`` (``True``: gradients by implicit differentiation; ``False``:
-        through the iterations), ``implicit_solver`` (``"auto"``, ``"dense"`` or ``"cg"``),
-        ``memory_budget`` (``2**30`` bytes of working memory per call, counted as 6 arrays of
-        ``n x m`` per problem; larger batches run in chunks of rows, a single problem over
-        it raises ``ValueError``; the returned arrays come on top, twice while chunks are
-        joined; under ``jax.jit`` the compiler schedules the chunks, see the math page).
-        ``momentum`` (``"adaptive"``: over-relaxation estimated per problem below
-        epsilon ``5e-3``, plain steps above; or a fixed factor in ``[1, 2)``), ``init``
-        (``"auto"``: the exact unregularized dual below epsilon ``5e-3``, zeros above;
-        ``"dual"``, ``"zeros"``), ``straight_through`` (``False``; ``True``: the value of
-        the exact epsilon -> 0 operator, computed without Sinkhorn, with the derivatives of
-        the soft one; every operator).
-        OTT-JAX's Sinkhorn keywords (``lse_mode``, ``momentum=Momentum(...)``,
-        ``implicit_diff=None`` or ``ImplicitDiff(...)``, ...) are translated into these
-        or refused with the option to use instead (table in the migration guide).
+        Solver options, listed under Other Parameters.
 
     Returns
     -------
@@ -376,6 +351,7 @@ def _ranks(
     return _along_axis("ranks", x, axis, options, make, target_weights=target_weights)
 
 
+@solver_options()
 def ranks(
     x: Any,
     /,
@@ -412,7 +388,7 @@ def ranks(
         Rank from the largest: rank 0 goes to the largest value, and
         ``target_weights[r]`` is the mass of rank ``r`` counted from the largest.
     **options
-        Solver options, see :func:`sort`.
+        Solver options, listed under Other Parameters.
 
     Returns
     -------
@@ -448,6 +424,7 @@ def _topk_mask(x: Any, /, k: int, *, axis: int = -1, **options: Any) -> _Call:
     return _along_axis("topk_mask", x, axis, options, make)
 
 
+@solver_options()
 def topk_mask(x: Any, /, k: int = 1, *, axis: int = -1, **options: Any) -> Any:
     r"""Soft top-k mask: values in [0, 1], near 1 on the ``k`` largest entries, summing to ``k``.
 
@@ -469,7 +446,7 @@ def topk_mask(x: Any, /, k: int = 1, *, axis: int = -1, **options: Any) -> Any:
     axis : int
         Axis along which to select.
     **options
-        Solver options, see :func:`sort`.
+        Solver options, listed under Other Parameters.
 
     Returns
     -------
@@ -528,6 +505,7 @@ def _quantile(x: Any, /, q: Any = None, *, axis: Any = -1, weight: Any = None, *
     return _along_axis(fname, x, axis, options, make, allow_tuple=True, **arrays)
 
 
+@solver_options()
 def quantile(x: Any, /, q: Any = None, *, axis: Any = -1, weight: Any = None, **options: Any) -> Any:
     r"""Soft quantiles of ``x`` at levels ``q`` along ``axis`` (an int or a tuple).
 
@@ -553,7 +531,7 @@ def quantile(x: Any, /, q: Any = None, *, axis: Any = -1, weight: Any = None, **
         Mass of each quantile's target (default ``min(0.02, 1.5 / n)``), capped so that
         every filler target keeps a positive mass.
     **options
-        Solver options, see :func:`sort`.
+        Solver options, listed under Other Parameters.
 
     Returns
     -------
@@ -582,6 +560,7 @@ def _quantize(x: Any, /, *, num_levels: int = 10, axis: int = -1, **options: Any
     return _along_axis("quantize", x, axis, options, make)
 
 
+@solver_options()
 def quantize(x: Any, /, *, num_levels: int = 10, axis: int = -1, **options: Any) -> Any:
     r"""Soft quantization: each value moved towards one of ``num_levels`` soft-sorted levels.
 
@@ -601,7 +580,7 @@ def quantize(x: Any, /, *, num_levels: int = 10, axis: int = -1, **options: Any)
     axis : int
         Axis along which to quantize.
     **options
-        Solver options, see :func:`sort`.
+        Solver options, listed under Other Parameters.
 
     Returns
     -------
@@ -651,6 +630,7 @@ def _quantile_normalization(x: Any, /, targets: Any, *, weights: Any = None, axi
     return _along_axis(fname, x, axis, options, make, targets=targets, weights=weights)
 
 
+@solver_options()
 def quantile_normalization(x: Any, /, targets: Any, *, weights: Any = None, axis: int = -1, **options: Any) -> Any:
     r"""Remap ``x`` onto the distribution of ``targets`` (with ``weights``), keeping its order.
 
@@ -672,7 +652,7 @@ def quantile_normalization(x: Any, /, targets: Any, *, weights: Any = None, axis
     axis : int
         Axis along which to normalize.
     **options
-        Solver options, see :func:`sort`.
+        Solver options, listed under Other Parameters.
 
     Returns
     -------
@@ -743,6 +723,7 @@ def _sort_with(
     return call._replace(values=values, to_user=to_user, from_user=from_user, grad_to_user=grad_to_user)
 
 
+@solver_options()
 def sort_with(x: Any, /, criterion: Any, *, topk: int | None = None, descending: bool = False, **options: Any) -> Any:
     r"""Sort the rows of ``x`` by ``criterion``: composite rows in increasing criterion order.
 
@@ -772,7 +753,7 @@ def sort_with(x: Any, /, criterion: Any, *, topk: int | None = None, descending:
     descending : bool
         Composite rows in decreasing criterion order.
     **options
-        Solver options, see :func:`sort`.
+        Solver options, listed under Other Parameters.
 
     Returns
     -------
@@ -791,6 +772,7 @@ def sort_with(x: Any, /, criterion: Any, *, topk: int | None = None, descending:
     return _sort_with(x, criterion, topk=topk, descending=descending, **options).evaluate()
 
 
+@solver_options()
 def transport_for_sort(
     x: Any,
     /,
@@ -828,7 +810,7 @@ def transport_for_sort(
     num_targets : int, optional
         Number of uniform targets when ``target_weights`` is not given.
     **options
-        Solver options, see :func:`sort`.
+        Solver options, listed under Other Parameters.
 
     Returns
     -------

@@ -14,6 +14,7 @@ from . import _validate as check
 from ._api import _report
 from ._core import _multivariate as mv
 from ._core._transport import transport
+from ._docs import solver_options
 from .backends import get_backend
 
 __all__ = ["CdfQuantileMaps", "multivariate_cdf_quantile_maps"]
@@ -147,6 +148,7 @@ def _reference_sample(
     return targets
 
 
+@solver_options(exclude=("epsilon", "squashing_fun", "straight_through"))
 def multivariate_cdf_quantile_maps(
     inputs: Any,
     target_sampler: Callable[[Any, tuple[int, int]], Any] | None = None,
@@ -195,8 +197,8 @@ def multivariate_cdf_quantile_maps(
     input_weights, target_weights : array, optional
         Weights ``(n,)`` and ``(m,)`` (positive, summing to one); default uniform.
     **kwargs
-        Solver options, as for :func:`sort`: ``threshold``, ``max_iterations``,
-        ``inner_iterations``, ``implicit_diff``, ``implicit_solver``, ``momentum``.
+        Solver options, listed under Other Parameters (``epsilon`` is an argument of its own
+        here, and there is nothing to squash).
 
     Returns
     -------

@@ -1,4 +1,4 @@
-"""The tutorial package and the command line: IDX parser, demo, training (fast settings)."""
+"""softsort.tutorial and the command line: IDX parser, demo, training (fast settings)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from softsort import __main__ as cli
-from softsort_tutorial import _deps, data, demo, training
-from softsort_tutorial.data import IDXError, read_idx, write_idx
+from softsort.tutorial import _deps, data, demo, training
+from softsort.tutorial.data import IDXError, read_idx, write_idx
 
 
 # -- IDX parser ----------------------------------------------------------------------------------
@@ -138,11 +138,11 @@ def test_digits():
 
 # -- dependencies and import hygiene ---------------------------------------------------------
 def test_install_hints():
-    assert 'softsort[examples]"' in _deps.install_hint("matplotlib.pyplot")
-    assert "softsort[examples,jax]" in _deps.install_hint("flax.linen")
-    assert 'softsort[torch]"' in _deps.install_hint("torch")
-    assert _deps.install_command(["jax", "flax", "matplotlib"]) == 'pip install "softsort[examples,jax]" flax optax'
-    assert _deps.install_command(["torch"]) == 'pip install "softsort[torch]"'
+    assert 'softsort-ot[examples]"' in _deps.install_hint("matplotlib.pyplot")
+    assert "softsort-ot[examples,jax]" in _deps.install_hint("flax.linen")
+    assert 'softsort-ot[torch]"' in _deps.install_hint("torch")
+    assert _deps.install_command(["jax", "flax", "matplotlib"]) == 'pip install "softsort-ot[examples,jax]" flax optax'
+    assert _deps.install_command(["torch"]) == 'pip install "softsort-ot[torch]"'
     with pytest.raises(_deps.MissingDependencyError, match="pip install"):
         _deps.require("softsort_no_such_module")
 
@@ -190,7 +190,7 @@ def test_demo_cli_without_matplotlib(tmp_path, capsys, monkeypatch):
     assert cli.main(["demo", "--out", str(tmp_path / "figs")]) == 0
     out = capsys.readouterr().out
     assert "ranks" in out
-    assert 'pip install "softsort[examples]"' in out
+    assert 'pip install "softsort-ot[examples]"' in out
     assert not (tmp_path / "figs").exists()
 
 
@@ -247,7 +247,9 @@ def _check_metrics(metrics, losses):
 
 
 @pytest.mark.parametrize("framework", ["jax", "torch"])
-def test_train_one_epoch(tmp_path, framework):
+def test_train_one_epoch(tmp_path, framework, capsys, monkeypatch):
+    """One epoch per loss, with the progress bar: it is drawn before the model is built and
+    compiled (that preparation is its first step), and ends on the final evaluation's accuracy."""
     if framework == "jax":
         pytest.importorskip("jax")
         pytest.importorskip("flax")
@@ -255,12 +257,38 @@ def test_train_one_epoch(tmp_path, framework):
     else:
         pytest.importorskip("torch")
     pytest.importorskip("matplotlib")
+    pytest.importorskip("tqdm")
     os.environ.setdefault("MPLBACKEND", "Agg")
-    metrics = training.run(framework, data=_tiny_dataset(), out=tmp_path, config=FAST, progress=False, log=None)
+    before_build = []
+    make = training._make_trainer
+
+    def spy(*args):
+        before_build.append(capsys.readouterr().err)  # what the terminal shows while the model is built
+        return make(*args)
+
+    monkeypatch.setattr(training, "_make_trainer", spy)
+    ds = _tiny_dataset()
+    metrics = training.run(framework, data=ds, out=tmp_path, config=FAST, progress=True, log=None)
     _check_metrics(metrics, training.LOSSES)
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     assert on_disk["soft-error"]["final_eval_accuracy"] == metrics["soft-error"]["final_eval_accuracy"]
     assert (tmp_path / "training_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+    steps = 1 + -(-ds.x_train.shape[0] // FAST.batch_size)  # the preparation step, then the batches
+    err = capsys.readouterr().err
+    assert len(before_build) == len(training.LOSSES)
+    for loss, shown in zip(training.LOSSES, before_build, strict=True):
+        assert f"{framework} {loss}" in shown
+        assert "compiling" in shown
+        assert f"0/{steps}" in shown
+    ends = [*before_build[1:], err]  # each loss's bar ends before the next loss's model is built
+    for loss, text in zip(training.LOSSES, ends, strict=True):
+        last = [seg for seg in re.split(r"[\r\n]", text) if seg.startswith(f"{framework} {loss}")][-1]
+        assert f"{steps}/{steps}" in last, last
+        shown_acc = re.search(r"eval_acc=([0-9.]+)", last)
+        assert shown_acc is not None, last
+        assert shown_acc.group(1) == f"{metrics[loss]['final_eval_accuracy']:.3f}", last
+        assert metrics[loss]["prepare_time_s"] > 0
 
 
 def test_soft_error_loss_agrees_across_frameworks():
@@ -271,15 +299,15 @@ def test_soft_error_loss_agrees_across_frameworks():
     if importlib.util.find_spec("torch") is not None:
         import torch
 
-        from softsort_tutorial import _torch_model
+        from softsort.tutorial import _torch_model
 
         got = _torch_model.losses(torch.from_numpy(logits), torch.from_numpy(labels))["soft_error"]
         assert float(got) == pytest.approx(ref, rel=1e-3, abs=1e-4)
     if all(importlib.util.find_spec(m) is not None for m in ("jax", "optax", "flax")):
         import jax.numpy as jnp
 
-        from softsort_tutorial import _deps as deps
-        from softsort_tutorial import _jax_model
+        from softsort.tutorial import _deps as deps
+        from softsort.tutorial import _jax_model
 
         with deps.quiet_int64_warning():
             got = _jax_model.losses(jnp.asarray(logits), jnp.asarray(labels))["soft_error"]
@@ -306,16 +334,37 @@ def test_train_cli_mnist(tmp_path, capsys, monkeypatch):
     assert "truncated IDX header" in capsys.readouterr().err
 
 
+def test_cli_help_shows_every_default(capsys):
+    for command, expected in (
+        ("train", ["(default: jax)", "(default: both)", "(default: digits)", "(default: 15)", "(default: 64)"]),
+        ("demo", ["(default: numpy)", "(default: out)"]),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            cli.main([command, "--help"])
+        assert exc.value.code == 0
+        text = capsys.readouterr().out
+        for item in expected:
+            assert item in text, (command, item)
+        # every option's help, from its name to the next option, says its default
+        blocks = re.split(r"\n  (?=-)", text.split("options:", 1)[1])
+        options = [b for b in blocks if b.strip().startswith("--")]
+        assert len(options) >= (8 if command == "train" else 3)
+        for block in options:
+            assert "default" in " ".join(block.split()), (command, block)
+    cfg = training.TrainConfig()
+    assert (cfg.epochs, cfg.batch_size) == (15, 64)  # the values the help shows are the ones used
+
+
 def test_train_cli_missing_framework(capsys, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n in ("torch", "flax") else real(n, *a))
     assert cli.main(["train", "--framework", "torch"]) == 1
     err = capsys.readouterr().err
     assert "torch" in err
-    assert re.search(r'pip install "softsort\[(examples,)?torch\]"', err)
+    assert re.search(r'pip install "softsort-ot\[(examples,)?torch\]"', err)
     assert cli.main(["train", "--framework", "jax"]) == 1
     err = capsys.readouterr().err
-    assert re.search(r'pip install "softsort\[(examples,)?jax\]" flax optax', err)
+    assert re.search(r'pip install "softsort-ot\[(examples,)?jax\]" flax optax', err)
 
 
 def test_docstring_examples():

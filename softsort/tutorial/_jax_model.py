@@ -99,6 +99,15 @@ class JaxTrainer:
 
         self._step, self._evaluate = step, evaluate
 
+    def compile(self, x_batches: list[np.ndarray], y_batches: list[np.ndarray]) -> None:
+        """Compile the train step for each batch shape, so that training steps all run compiled.
+
+        The step is a pure function: calling it and dropping its result changes no state.
+        """
+        with quiet_int64_warning():
+            for x, y in zip(x_batches, y_batches, strict=True):
+                require("jax").block_until_ready(self._step(self.params, self.opt_state, x, y))
+
     def step(self, x: np.ndarray, y: np.ndarray) -> float:
         """One optimizer step on a batch; returns the batch loss."""
         with quiet_int64_warning():

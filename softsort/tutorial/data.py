@@ -118,7 +118,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     Examples
     --------
     >>> import numpy as np, tempfile, os
-    >>> from softsort_tutorial.data import read_idx, write_idx
+    >>> from softsort.tutorial.data import read_idx, write_idx
     >>> path = os.path.join(tempfile.mkdtemp(), "a-idx2-ubyte")
     >>> write_idx(path, np.arange(6, dtype=np.uint8).reshape(2, 3))
     >>> read_idx(path)

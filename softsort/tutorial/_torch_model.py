@@ -114,6 +114,9 @@ class TorchTrainer:
         finally:
             self.torch.set_num_threads(previous)
 
+    def compile(self, x_batches: list[np.ndarray], y_batches: list[np.ndarray]) -> None:
+        """Nothing to compile: PyTorch runs eagerly (kept for the common trainer interface)."""
+
     def step(self, x: np.ndarray, y: np.ndarray) -> float:
         """One optimizer step on a batch; returns the batch loss."""
         torch = self.torch

@@ -123,7 +123,9 @@ def plot_operators(path: str | os.PathLike[str] | None = None, seed: int = 0) ->
         The figure.
     """
     plt = require("matplotlib.pyplot")
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6), layout="constrained")
+    # 2 x 2, not 1 x 4: at the width of a docs page each panel keeps readable titles and ticks
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7.2), layout="constrained")
+    axes = axes.ravel()
     pos = np.arange(X.size)
     ax = axes[0]
     ax.plot(pos, np.sort(X), "ko", ms=9, mfc="none", label="hard sort")
@@ -334,8 +336,12 @@ def plot_median_filter(path: str | os.PathLike[str] | None = None, images: dict[
     images = median_filters() if images is None else images
     clean = images["original"]
     shown = [k for k in images if k != "original"]
-    fig, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 3.2), layout="constrained")
-    for ax, key in zip(axes, shown, strict=True):
+    rows = -(-len(shown) // 2)  # two per row, so that each image stays large at page width
+    fig, axes = plt.subplots(rows, 2, figsize=(8, 3.3 * rows), layout="constrained", squeeze=False)
+    axes = axes.ravel()
+    for ax in axes[len(shown) :]:
+        ax.set_axis_off()
+    for ax, key in zip(axes, shown, strict=False):
         ax.imshow(images[key], cmap="gray", vmin=0, vmax=1)
         ax.set_title(f"{key}\nMAE {np.mean(np.abs(images[key] - clean)):.4f}", fontsize="medium")
         ax.set_axis_off()

@@ -103,6 +103,8 @@ class TrainConfig:
 class Trainer(Protocol):
     """What a framework module provides for one (model, loss, optimizer)."""
 
+    def compile(self, x_batches: list[np.ndarray], y_batches: list[np.ndarray]) -> None: ...
+
     def step(self, x: np.ndarray, y: np.ndarray) -> float: ...
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]: ...
@@ -141,14 +143,17 @@ def train(
     config : TrainConfig, optional
         Settings (default :class:`TrainConfig`).
     progress : bool
-        Show a tqdm progress bar.
+        Show a tqdm progress bar (on stderr) from the start: its first step is the
+        preparation (building the model, compiling, the evaluation before training); its
+        ``eval_acc`` is the latest evaluation's accuracy.
 
     Returns
     -------
     dict
         ``step``, ``epoch`` (evaluation points), ``train`` and ``eval`` (each a dict of
         ``soft_error``, ``cross_entropy``, ``accuracy`` lists), ``final_eval_accuracy``,
-        ``wall_time_s`` and ``optimizer``.
+        ``wall_time_s``, ``prepare_time_s`` (model, compilation and the evaluation before
+        training) and ``optimizer``.
     """
     if loss not in LOSSES:
         msg = f"unknown loss {loss!r}: use one of {LOSSES}"
@@ -156,9 +161,16 @@ def train(
     cfg = config or TrainConfig()
     opt = cfg.optimizers[loss]
     start = time.perf_counter()
-    trainer = _make_trainer(framework, loss, data, opt, cfg.seed)
     n = data.x_train.shape[0]
     steps_per_epoch = -(-n // cfg.batch_size)
+    bar = None
+    if progress:
+        # The bar comes first, so that the run talks while the model is built and compiled:
+        # its first step is that preparation (compilation and the evaluation before training).
+        tqdm = require("tqdm").tqdm
+        bar = tqdm(total=1 + cfg.epochs * steps_per_epoch, desc=f"{framework} {loss}", unit="step", leave=True)
+        bar.set_postfix_str("compiling and evaluating the initial model")
+    trainer = _make_trainer(framework, loss, data, opt, cfg.seed)
     checkpoints = {round(steps_per_epoch * (k + 1) / cfg.evals_per_epoch) for k in range(cfg.evals_per_epoch)}
     xt, yt = data.x_train[: cfg.train_eval_size], data.y_train[: cfg.train_eval_size]
     curves: dict[str, Any] = {
@@ -175,22 +187,32 @@ def train(
             for k, v in trainer.evaluate(x, y).items():
                 curves[split][k].append(float(v))
 
+    # Every batch shape of the run (a full batch, and the last one of an epoch if it is smaller).
+    sizes = sorted({min(cfg.batch_size, n), n - (steps_per_epoch - 1) * cfg.batch_size})
+    trainer.compile([data.x_train[:s] for s in sizes], [data.y_train[:s] for s in sizes])
     record(0)
-    bar = None
-    if progress:
-        tqdm = require("tqdm").tqdm
-        bar = tqdm(total=cfg.epochs * steps_per_epoch, desc=f"{framework} {loss}", unit="step", leave=True)
+    curves["prepare_time_s"] = time.perf_counter() - start
+    postfix = {"eval_acc": f"{curves['eval']['accuracy'][-1]:.3f}"}
+    if bar is not None:
+        # Restart the bar's clock and rate after the preparation step, so that the rate and
+        # the time left are those of training steps; the postfix keeps the preparation time.
+        bar.reset()
+        bar.n = bar.last_print_n = 1
+        postfix["prepared"] = f"{curves['prepare_time_s']:.1f}s"
+        bar.set_postfix(postfix)
     step = 0
     for epoch in range(cfg.epochs):
         for i, idx in enumerate(batches(n, cfg.batch_size, cfg.seed, epoch), start=1):
             value = trainer.step(data.x_train[idx], data.y_train[idx])
             step += 1
-            if bar is not None:
-                bar.update(1)
-                if i % 10 == 0 or i == steps_per_epoch:
-                    bar.set_postfix(loss=f"{value:.4f}", eval_acc=f"{curves['eval']['accuracy'][-1]:.3f}")
             if i in checkpoints:
                 record(step)
+                postfix["eval_acc"] = f"{curves['eval']['accuracy'][-1]:.3f}"  # the evaluation just made
+            if bar is not None:
+                if i % 10 == 0 or i in checkpoints:
+                    postfix["loss"] = f"{value:.4f}"
+                    bar.set_postfix(postfix, refresh=False)
+                bar.update(1)
     if bar is not None:
         bar.close()
     curves["final_eval_accuracy"] = curves["eval"]["accuracy"][-1]
@@ -260,7 +282,7 @@ def run(
     losses : sequence of str
         Losses to train with, each from scratch.
     data : str or Dataset
-        ``"digits"``, ``"mnist:DIR"`` or a :class:`~softsort_tutorial.data.Dataset`.
+        ``"digits"``, ``"mnist:DIR"`` or a :class:`~softsort.tutorial.data.Dataset`.
     epochs : int, optional
         Overrides ``config.epochs``.
     out : str or path-like, optional

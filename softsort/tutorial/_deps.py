@@ -8,6 +8,9 @@ import warnings
 from collections.abc import Iterator
 from types import ModuleType
 
+#: softsort's name on PyPI (``softsort`` there is another author's project); the import name is ``softsort``.
+DISTRIBUTION = "softsort-ot"
+
 #: module name -> (pip distribution, softsort extra that provides it)
 EXTRAS: dict[str, tuple[str, str]] = {
     "matplotlib": ("matplotlib", "examples"),
@@ -40,7 +43,7 @@ def install_hint(name: str) -> str:
     """
     top = name.split(".")[0]
     dist, extra = EXTRAS.get(top, (top, "examples"))
-    cmd = f'pip install "softsort[{extra}]"'
+    cmd = f'pip install "{DISTRIBUTION}[{extra}]"'
     if top in ("flax", "optax"):
         cmd += " flax optax"
     return f"{dist!r} is not installed; install it with: {cmd}"
@@ -57,7 +60,7 @@ def install_command(names: list[str]) -> str:
     Returns
     -------
     str
-        E.g. ``pip install "softsort[examples,jax]" flax optax``.
+        E.g. ``pip install "softsort-ot[examples,jax]" flax optax``.
     """
     extras: set[str] = set()
     plain: list[str] = []
@@ -68,7 +71,7 @@ def install_command(names: list[str]) -> str:
             plain += [p for p in ("flax", "optax") if p not in plain]
     order = ["examples", "jax", "torch"]
     ordered = [e for e in order if e in extras] + sorted(extras - set(order))
-    return " ".join([f'pip install "softsort[{",".join(ordered)}]"', *plain])
+    return " ".join([f'pip install "{DISTRIBUTION}[{",".join(ordered)}]"', *plain])
 
 
 def require(name: str) -> ModuleType:
