@@ -113,13 +113,16 @@ def transport(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: A
     return Transport(plan, f, g, stop(errors), iterations, stop(final_error))
 
 
-def transport_vjp(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any) -> tuple[Transport, Any]:
+def transport_vjp(
+    backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any, y: Any = None
+) -> tuple[Transport, Any]:
     """Eager forward plus a pull-back ``dL/dP -> (dL/dz, dL/da, dL/db)`` (for softsort.vjp).
 
-    epsilon is a Python float there (``softsort.vjp`` differentiates array inputs only).
+    epsilon is a Python float there (``softsort.vjp`` differentiates array inputs only);
+    ``y``: explicit target positions, as in :func:`transport`.
     """
     static = (backend, config)
-    inputs = (z, a, b, eps)
+    inputs = (z, a, b, eps) if y is None else (z, a, b, eps, y)
     outs = _fwd(static, *inputs)
 
     def pullback(d_plan: Any) -> tuple[Any, Any, Any]:
