@@ -321,8 +321,7 @@ def sort(
         a row of ``c > topk`` values gives its ``topk`` largest, a row of ``c <= topk``
         its ``c`` sorted values then zeros. A row without valid entries gives zeros.
         Invalid entries never matter (any finite value) and get an exactly zero gradient.
-        Only with the default squashing (over the valid entries); with ``topk`` or by
-        default (per-row target positions) JAX forward mode is not available.
+        Only with the default squashing (over the valid entries).
     **options
         ``epsilon`` (default ``1e-2``; number or 0-d array of the input's library, may be
         traced; checked in the compute dtype to lie in ``[machine epsilon, 1 / machine
@@ -886,6 +885,7 @@ def transport_for_sort(
     *,
     axis: int = -1,
     num_targets: int | None = None,
+    mask: Any = None,
     **options: Any,
 ) -> TransportResult:
     r"""The entropic transport plan behind every operator, with the solver's diagnostics.
@@ -914,6 +914,12 @@ def transport_for_sort(
         Axis of the values.
     num_targets : int, optional
         Number of uniform targets when ``target_weights`` is not given.
+    mask : array of bool, optional
+        Ragged rows (see :func:`sort`; not with ``weights``): each row's plan between its
+        ``c`` valid inputs (weights ``1 / c``) and, by default, ``c`` uniform targets of
+        its own (the first ``c`` columns); ``target_weights`` and ``num_targets`` are the
+        same for every row. The plan, ``f`` and ``g`` are 0 at invalid inputs and unused
+        targets.
     **options
         Solver options, see :func:`sort`.
 
@@ -944,12 +950,19 @@ def transport_for_sort(
             else check.weights(fname, "target_weights", backend, target_weights, dtype, dev)
         )
         m = None if num_targets is None else check.as_int(fname, "num_targets", num_targets, 1)
+        if mask is not None and weights is not None:
+            msg = f"{fname}() takes 'mask' or 'weights', not both (a mask weighs each row's valid inputs equally)"
+            raise ValueError(msg)
         return ops.plan_op(a, b, m)
 
-    call = _along_axis(fname, x, axis, options, make, weights=weights, target_weights=target_weights)
+    call = _along_axis(fname, x, axis, options, make, mask=mask, weights=weights, target_weights=target_weights)
     plan, t = call.run()
     converged = _report(fname, call.backend, t, call.config)
     xp = call.backend.xp
+    if call.valid is not None:  # potentials of entries that took no part: 0, like the plan
+        f_kept = xp.where(call.valid, t.f, xp.zeros_like(t.f))
+        used = xp.sum(plan, axis=-2) > 0
+        t = t._replace(f=f_kept, g=xp.where(used, t.g, xp.zeros_like(t.g)))
     dims = check.axes(fname, axis, x.ndim)
     batch = tuple(s for i, s in enumerate(x.shape) if i not in dims)
 

@@ -7,6 +7,7 @@ Inputs arrive here already validated, moved to the last axis and flattened to (B
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -350,7 +351,25 @@ def plan_op(weights: Any, target_weights: Any, num_targets: int | None) -> Opera
     def readout_vjp(xp: Any, plan: Any, values: Any, b: Any, aux: Any, cot: Any) -> Any:
         return cot, None
 
-    return Operator(prepare, readout, readout_vjp, diagnostics=True)
+    def prepare_masked(xp: Any, n: int, like: Any, r: mk.Rows) -> Prepared:
+        # weights with a mask are refused by the API; each row's c uniform inputs
+        y = None
+        if target_weights is not None or num_targets is not None:
+            b = prepare(xp, n, like).b
+            used = xp.ones((1, b.shape[-1]), dtype=xp.bool, device=device(like))
+        else:
+            b, y, used = mk.prefix(xp, r.count, n, like)
+        keep = r.valid[..., :, None] & used[..., None, :]
+        return Prepared(b, keep, mk.input_weights(r), y)
+
+    def readout_masked(xp: Any, plan: Any, values: Any, b: Any, keep: Any) -> Any:
+        return xp.where(keep, plan, xp.zeros_like(plan))
+
+    def readout_vjp_masked(xp: Any, plan: Any, values: Any, b: Any, keep: Any, cot: Any) -> Any:
+        return xp.where(keep, cot, xp.zeros_like(cot)), None
+
+    masked = Operator(prepare_masked, readout_masked, readout_vjp_masked, diagnostics=True)
+    return Operator(prepare, readout, readout_vjp, diagnostics=True, masked=masked)
 
 
 # -- the pipeline -------------------------------------------------------------------------------
@@ -387,6 +406,10 @@ def _masked_inputs(xp: Any, op: Operator, values: Any, criterion: Any, valid: An
         keep = valid[..., None] if values.ndim == 3 else valid
         vals = xp.where(keep, values, xp.zeros_like(values))
     return op.masked, rows, vals, crit
+
+
+def _zero_weights(config: SolverConfig) -> SolverConfig:
+    return config if config.zero_weights else dataclasses.replace(config, zero_weights=True)
 
 
 #: Working memory of one problem, in ``n x m`` arrays: the bound ``memory_budget`` is
@@ -476,6 +499,7 @@ def run(
     rows = None
     if valid is not None:
         op, rows, values, criterion = _masked_inputs(xp, op, values, criterion, valid)
+        config = _zero_weights(config)
     prep, a, b, eps = _problem(backend, op, criterion, eps, rows)
     if rows is None:
         z = default_squash(backend, criterion) if squash is None else squash(criterion)
@@ -485,7 +509,7 @@ def run(
         shapes = f"{tuple(criterion.shape)}, got {tuple(z.shape)}"
         msg = f"option 'squashing_fun' must return an array of the shape it receives {shapes}"
         raise ValueError(msg)
-    t = transport(backend, config, z, a, b, eps, prep.y)
+    t = transport(backend, config, z, a, b, eps, prep.y, fixed_targets=True)
     out = op.readout(xp, t.plan, values, b, prep.aux)
     if straight_through:
         out = _straight_through(backend, op, out, z, a, b, values, prep.aux)
@@ -550,6 +574,7 @@ def run_vjp(
     if valid is not None:
         op, rows, values, criterion = _masked_inputs(xp, op, values, criterion, valid)
         squash_rows = (rows.weight, rows.count)
+        config = _zero_weights(config)
     prep, a, b, eps = _problem(backend, op, criterion, eps, rows)
     z = default_squash(backend, criterion, squash_rows)
     t, plan_pullback = transport_vjp(backend, config, z, a, b, eps, prep.y)

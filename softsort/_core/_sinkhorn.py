@@ -137,7 +137,8 @@ def solve(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any, 
     batch = a.shape[:-1]
     eps_col = eps[..., None]
     f0, g0 = _start(xp, init, z, a, b, eps, given_y)
-    f0, g0 = _zero_weight_start(backend, rows, f0, g0)
+    if config.zero_weights:
+        f0, g0 = _zero_weight_start(backend, rows, f0, g0)
     errors0 = -xp.ones((*batch, config.num_checks), dtype=z.dtype, device=dev)
     it0 = xp.asarray(0, dtype=xp.int32, device=dev)
     row_it0 = xp.zeros(batch, dtype=xp.int32, device=dev)
@@ -194,20 +195,14 @@ def _zero_weight_start(backend: Any, rows: _Rows, f0: Any, g0: Any) -> tuple[Any
     would differ from their problem alone; from its own f-update it sends at most its
     weight, the smallest normal float. A target of zero weight likewise starts at its own
     g-update (its scaling is then moderate, not ``1 / tiny``). Two log-sum-exps of the
-    cost, run only when some weight is zero.
+    cost, only for problems that may hold zero weights (``SolverConfig.zero_weights``).
     """
     xp = backend.xp
     tiny = xp.finfo(rows.a.dtype).smallest_normal
-    zero_a, zero_b = rows.a <= tiny, rows.b <= tiny
-
-    def own(fg: tuple[Any, Any]) -> tuple[Any, Any]:
-        f, g = fg
-        cost = _cost(backend, rows)
-        f = xp.where(zero_a, xp.log(rows.a) - logsumexp(backend, g[..., None, :] - cost, axis=-1), f)
-        g = xp.where(zero_b, xp.log(rows.b) - logsumexp(backend, f[..., :, None] - cost, axis=-2), g)
-        return f, g
-
-    return backend.cond(xp.any(zero_a) | xp.any(zero_b), own, lambda fg: fg, (f0, g0))
+    cost = _cost(backend, rows)
+    f = xp.where(rows.a <= tiny, xp.log(rows.a) - logsumexp(backend, g0[..., None, :] - cost, axis=-1), f0)
+    g = xp.where(rows.b <= tiny, xp.log(rows.b) - logsumexp(backend, f[..., :, None] - cost, axis=-2), g0)
+    return f, g
 
 
 def _returned(backend: Any, plan: Any, a: Any, b: Any) -> tuple[Any, Any]:
