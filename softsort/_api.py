@@ -118,6 +118,7 @@ class _Call(NamedTuple):
     from_user: Callable[[Any], Any]  # user-layout cotangent -> internal
     grad_to_user: Callable[[Any], Any]  # internal gradient of values -> user layout
     straight_through: bool = False
+    valid: Any = None  # internal (B, n) booleans of mask=, or None
 
     def cast(self, out: Any) -> Any:
         xp = self.backend.xp
@@ -133,6 +134,7 @@ class _Call(NamedTuple):
             self.squash,
             self.config,
             self.straight_through,
+            self.valid,
         )
 
     def evaluate(self) -> Any:
@@ -165,9 +167,13 @@ def _along_axis(
     /,
     allow_tuple: bool = False,
     name: str = "x",
+    mask: Any = None,
     **others: Any,
 ) -> _Call:
-    """Validate ``x`` (called ``name`` in messages) and the options; prepare the operator."""
+    """Validate ``x`` (called ``name`` in messages) and the options; prepare the operator.
+
+    ``mask``: booleans broadcastable to ``x`` (``mask=`` of the operators), or None.
+    """
     xp = check.namespace(fname, **{name: x}, **others)
     options = dict(options)
     straight_through = options.pop("straight_through", False)
@@ -190,6 +196,15 @@ def _along_axis(
     x2 = layout.flatten(xp.astype(x, dtype) if x.dtype != dtype else x)
     eps = check.epsilon_array(fname, backend, epsilon, dtype, dev)
     op = make_op(backend, layout.n, dtype, dev)
+    valid = None
+    if mask is not None:
+        valid = layout.flatten(check.mask(fname, xp, mask, tuple(x.shape), name))
+        if squash is not None:
+            msg = (
+                f"{fname}() takes 'mask' with the default squashing only: a 'squashing_fun' sees whole "
+                "rows, invalid entries included (squash the valid entries yourself, or drop the mask)"
+            )
+            raise ValueError(msg)
     return _Call(
         fname,
         backend,
@@ -204,6 +219,7 @@ def _along_axis(
         lambda c: layout.flatten_output(xp.astype(c, dtype)),
         layout.unflatten_input,
         straight_through,
+        valid,
     )
 
 
@@ -216,6 +232,7 @@ def _sort(
     topk: int | None = None,
     num_targets: int | None = None,
     descending: bool = False,
+    mask: Any = None,
     **options: Any,
 ) -> _Call:
     desc = _flag("sort", "descending", descending)
@@ -228,7 +245,7 @@ def _sort(
             raise ValueError(msg)
         return ops.sort_op(k, m, descending=desc)
 
-    return _along_axis("sort", x, axis, options, make)
+    return _along_axis("sort", x, axis, options, make, mask=mask)
 
 
 def _flag(fname: str, name: str, value: Any) -> bool:
@@ -259,6 +276,7 @@ def sort(
     topk: int | None = None,
     num_targets: int | None = None,
     descending: bool = False,
+    mask: Any = None,
     **options: Any,
 ) -> Any:
     r"""Soft sort: increasing convex combinations of the values of ``x`` along ``axis``.
@@ -271,6 +289,9 @@ def sort(
     array([ 1.,  4.,  5.,  8., 12.])
     >>> np.sort(x)
     array([ 1.,  4.,  5.,  8., 12.])
+    >>> valid = np.array([True, True, False, True, True])  # a ragged row: 4 is left out
+    >>> np.round(softsort.sort(x, mask=valid, epsilon=1e-4), 1)
+    array([ 1.,  5.,  8., 12.,  0.])
 
     Parameters
     ----------
@@ -293,6 +314,16 @@ def sort(
     descending : bool
         Return the values in decreasing order (the same plan read from the last target
         down; with ``topk``, the ``topk`` largest values, largest first).
+    mask : array of bool, optional
+        Ragged rows: ``True`` where an entry takes part; the shape of ``x`` or
+        broadcastable to it, of ``x``'s library. Each row (every position of the other
+        axes) gives the result of the operator on its ``c`` valid entries alone, all rows
+        in one batched solve: its ``c`` composite values first (in the requested order),
+        zeros after. With ``num_targets``, ``num_targets`` values per row; with ``topk``,
+        a row of ``c > topk`` values gives its ``topk`` largest, a row of ``c <= topk``
+        its ``c`` sorted values then zeros. A row without valid entries gives zeros.
+        Invalid entries never matter (any finite value) and get an exactly zero gradient.
+        Only with the default squashing (over the valid entries).
     **options
         Solver options, listed under Other Parameters.
 
@@ -317,7 +348,9 @@ def sort(
     measure on ``z`` to ``b`` on ``linspace(0, 1, m)``, the output is ``(P^T x) / b``.
     Soft sort is increasing and keeps the mean of ``x``.
     """
-    return _sort(x, axis=axis, topk=topk, num_targets=num_targets, descending=descending, **options).evaluate()
+    return _sort(
+        x, axis=axis, topk=topk, num_targets=num_targets, descending=descending, mask=mask, **options
+    ).evaluate()
 
 
 def _ranks(
@@ -328,6 +361,7 @@ def _ranks(
     num_targets: int | None = None,
     target_weights: Any = None,
     descending: bool = False,
+    mask: Any = None,
     **options: Any,
 ) -> _Call:
     desc = _flag("ranks", "descending", descending)
@@ -348,7 +382,7 @@ def _ranks(
         m = None if num_targets is None else check.as_int("ranks", "num_targets", num_targets, 2)
         return ops.ranks_op(m, None, desc)
 
-    return _along_axis("ranks", x, axis, options, make, target_weights=target_weights)
+    return _along_axis("ranks", x, axis, options, make, mask=mask, target_weights=target_weights)
 
 
 @solver_options()
@@ -360,6 +394,7 @@ def ranks(
     num_targets: int | None = None,
     target_weights: Any = None,
     descending: bool = False,
+    mask: Any = None,
     **options: Any,
 ) -> Any:
     r"""Soft ranks in ``[0, n - 1]`` of the values of ``x`` along ``axis``.
@@ -387,6 +422,11 @@ def ranks(
     descending : bool
         Rank from the largest: rank 0 goes to the largest value, and
         ``target_weights[r]`` is the mass of rank ``r`` counted from the largest.
+    mask : array of bool, optional
+        Ragged rows (see :func:`sort`): a row of ``c`` valid entries gets their ranks in
+        ``[0, c - 1]`` (by default on ``c`` targets of its own; ``num_targets`` and
+        ``target_weights`` are the same for every row), 0 at invalid entries; a row of
+        one valid entry ranks it 0.
     **options
         Solver options, listed under Other Parameters.
 
@@ -406,11 +446,17 @@ def ranks(
     inputs, lie in ``[0, n - 1]`` and sum to ``n (n - 1) / 2``.
     """
     return _ranks(
-        x, axis=axis, num_targets=num_targets, target_weights=target_weights, descending=descending, **options
+        x,
+        axis=axis,
+        num_targets=num_targets,
+        target_weights=target_weights,
+        descending=descending,
+        mask=mask,
+        **options,
     ).evaluate()
 
 
-def _topk_mask(x: Any, /, k: int, *, axis: int = -1, **options: Any) -> _Call:
+def _topk_mask(x: Any, /, k: int, *, axis: int = -1, mask: Any = None, **options: Any) -> _Call:
     def make(backend: Backend, n: int, dtype: Any, dev: Any) -> ops.Operator:
         if n < 2:
             msg = f"topk_mask() needs at least 2 values along the axis, got {n}"
@@ -421,11 +467,11 @@ def _topk_mask(x: Any, /, k: int, *, axis: int = -1, **options: Any) -> _Call:
             raise ValueError(msg)
         return ops.topk_mask_op(kk)
 
-    return _along_axis("topk_mask", x, axis, options, make)
+    return _along_axis("topk_mask", x, axis, options, make, mask=mask)
 
 
 @solver_options()
-def topk_mask(x: Any, /, k: int = 1, *, axis: int = -1, **options: Any) -> Any:
+def topk_mask(x: Any, /, k: int = 1, *, axis: int = -1, mask: Any = None, **options: Any) -> Any:
     r"""Soft top-k mask: values in [0, 1], near 1 on the ``k`` largest entries, summing to ``k``.
 
     Examples
@@ -445,6 +491,10 @@ def topk_mask(x: Any, /, k: int = 1, *, axis: int = -1, **options: Any) -> Any:
         How many entries to select, in ``[1, n - 1]``.
     axis : int
         Axis along which to select.
+    mask : array of bool, optional
+        Ragged rows (see :func:`sort`): the mask of each row's ``c`` valid entries (two
+        targets weighing ``1 - k/c`` and ``k/c``), 0 at invalid entries; a row of
+        ``c <= k`` valid entries keeps them all (1 at each).
     **options
         Solver options, listed under Other Parameters.
 
@@ -463,10 +513,12 @@ def topk_mask(x: Any, /, k: int = 1, *, axis: int = -1, **options: Any) -> Any:
     Two targets weighing ``1 - k/n`` and ``k/n``; the mask is ``n`` times the mass each
     input sends to the second one.
     """
-    return _topk_mask(x, k, axis=axis, **options).evaluate()
+    return _topk_mask(x, k, axis=axis, mask=mask, **options).evaluate()
 
 
-def _quantile(x: Any, /, q: Any = None, *, axis: Any = -1, weight: Any = None, **options: Any) -> _Call:
+def _quantile(
+    x: Any, /, q: Any = None, *, axis: Any = -1, weight: Any = None, mask: Any = None, **options: Any
+) -> _Call:
     fname = "quantile"
     check.levels(fname, q)
 
@@ -502,11 +554,11 @@ def _quantile(x: Any, /, q: Any = None, *, axis: Any = -1, weight: Any = None, *
         return ops.quantile_op(qa, w)
 
     arrays = {k: v for k, v in (("q", q), ("weight", weight)) if _compat.is_array_api_obj(v)}
-    return _along_axis(fname, x, axis, options, make, allow_tuple=True, **arrays)
+    return _along_axis(fname, x, axis, options, make, allow_tuple=True, mask=mask, **arrays)
 
 
 @solver_options()
-def quantile(x: Any, /, q: Any = None, *, axis: Any = -1, weight: Any = None, **options: Any) -> Any:
+def quantile(x: Any, /, q: Any = None, *, axis: Any = -1, weight: Any = None, mask: Any = None, **options: Any) -> Any:
     r"""Soft quantiles of ``x`` at levels ``q`` along ``axis`` (an int or a tuple).
 
     Examples
@@ -530,6 +582,10 @@ def quantile(x: Any, /, q: Any = None, *, axis: Any = -1, weight: Any = None, **
     weight : float, optional
         Mass of each quantile's target (default ``min(0.02, 1.5 / n)``), capped so that
         every filler target keeps a positive mass.
+    mask : array of bool, optional
+        Ragged rows (see :func:`sort`), of the shape of ``x`` (or broadcastable): each
+        row's quantiles of its valid entries (the default ``weight`` uses the row's own
+        count ``c``: ``min(0.02, 1.5 / c)``); zeros for a row without valid entries.
     **options
         Solver options, listed under Other Parameters.
 
@@ -550,18 +606,18 @@ def quantile(x: Any, /, q: Any = None, *, axis: Any = -1, weight: Any = None, **
     targets of mass ``w`` sitting at cumulative mass ``q_k``, interleaved with fillers
     carrying the rest. The cost is ``O(n r)`` per problem, not ``O(n^2)``.
     """
-    return _quantile(x, q, axis=axis, weight=weight, **options).evaluate()
+    return _quantile(x, q, axis=axis, weight=weight, mask=mask, **options).evaluate()
 
 
-def _quantize(x: Any, /, *, num_levels: int = 10, axis: int = -1, **options: Any) -> _Call:
+def _quantize(x: Any, /, *, num_levels: int = 10, axis: int = -1, mask: Any = None, **options: Any) -> _Call:
     def make(backend: Backend, n: int, dtype: Any, dev: Any) -> ops.Operator:
         return ops.quantize_op(check.as_int("quantize", "num_levels", num_levels, 1))
 
-    return _along_axis("quantize", x, axis, options, make)
+    return _along_axis("quantize", x, axis, options, make, mask=mask)
 
 
 @solver_options()
-def quantize(x: Any, /, *, num_levels: int = 10, axis: int = -1, **options: Any) -> Any:
+def quantize(x: Any, /, *, num_levels: int = 10, axis: int = -1, mask: Any = None, **options: Any) -> Any:
     r"""Soft quantization: each value moved towards one of ``num_levels`` soft-sorted levels.
 
     Examples
@@ -579,6 +635,9 @@ def quantize(x: Any, /, *, num_levels: int = 10, axis: int = -1, **options: Any)
         Number of levels (uniform targets).
     axis : int
         Axis along which to quantize.
+    mask : array of bool, optional
+        Ragged rows (see :func:`sort`): each valid entry moved towards the levels of its
+        row's valid entries; 0 at invalid entries.
     **options
         Solver options, listed under Other Parameters.
 
@@ -597,10 +656,12 @@ def quantize(x: Any, /, *, num_levels: int = 10, axis: int = -1, **options: Any)
     ``levels = (P^T x) / b`` (a soft sort onto ``num_levels`` targets); output
     ``n * P @ levels``.
     """
-    return _quantize(x, num_levels=num_levels, axis=axis, **options).evaluate()
+    return _quantize(x, num_levels=num_levels, axis=axis, mask=mask, **options).evaluate()
 
 
-def _quantile_normalization(x: Any, /, targets: Any, *, weights: Any = None, axis: int = -1, **options: Any) -> _Call:
+def _quantile_normalization(
+    x: Any, /, targets: Any, *, weights: Any = None, axis: int = -1, mask: Any = None, **options: Any
+) -> _Call:
     fname = "quantile_normalization"
 
     def make(backend: Backend, n: int, dtype: Any, dev: Any) -> ops.Operator:
@@ -627,11 +688,13 @@ def _quantile_normalization(x: Any, /, targets: Any, *, weights: Any = None, axi
             w = check.weights(fname, "weights", backend, weights, dtype, dev)
         return ops.quantile_normalization_op(t, w)
 
-    return _along_axis(fname, x, axis, options, make, targets=targets, weights=weights)
+    return _along_axis(fname, x, axis, options, make, mask=mask, targets=targets, weights=weights)
 
 
 @solver_options()
-def quantile_normalization(x: Any, /, targets: Any, *, weights: Any = None, axis: int = -1, **options: Any) -> Any:
+def quantile_normalization(
+    x: Any, /, targets: Any, *, weights: Any = None, axis: int = -1, mask: Any = None, **options: Any
+) -> Any:
     r"""Remap ``x`` onto the distribution of ``targets`` (with ``weights``), keeping its order.
 
     Examples
@@ -651,6 +714,9 @@ def quantile_normalization(x: Any, /, targets: Any, *, weights: Any = None, axis
         Their weights (positive, summing to 1), same shape as ``targets``; default uniform.
     axis : int
         Axis along which to normalize.
+    mask : array of bool, optional
+        Ragged rows (see :func:`sort`): each row's valid entries remapped onto
+        ``targets``; 0 at invalid entries.
     **options
         Solver options, listed under Other Parameters.
 
@@ -669,11 +735,18 @@ def quantile_normalization(x: Any, /, targets: Any, *, weights: Any = None, axis
     Output ``n * P @ targets``: the hard version replaces the ``k``-th smallest value of
     ``x`` by the matching quantile of the target distribution.
     """
-    return _quantile_normalization(x, targets, weights=weights, axis=axis, **options).evaluate()
+    return _quantile_normalization(x, targets, weights=weights, axis=axis, mask=mask, **options).evaluate()
 
 
 def _sort_with(
-    x: Any, /, criterion: Any, *, topk: int | None = None, descending: bool = False, **options: Any
+    x: Any,
+    /,
+    criterion: Any,
+    *,
+    topk: int | None = None,
+    descending: bool = False,
+    mask: Any = None,
+    **options: Any,
 ) -> _Call:
     fname = "sort_with"
     desc = _flag(fname, "descending", descending)
@@ -700,7 +773,7 @@ def _sort_with(
         return ops.sort_op(k, None, rows=True, descending=desc)
 
     # The rows promote with the criterion: both are computed in their common dtype.
-    call = _along_axis(fname, crit, -1, options, make, name="criterion", x=x)
+    call = _along_axis(fname, crit, -1, options, make, name="criterion", mask=mask, x=x)
     b = call.backend
     check.finite(fname, "x", b, rows)
     batch = tuple(rows.shape[:-2])
@@ -724,7 +797,16 @@ def _sort_with(
 
 
 @solver_options()
-def sort_with(x: Any, /, criterion: Any, *, topk: int | None = None, descending: bool = False, **options: Any) -> Any:
+def sort_with(
+    x: Any,
+    /,
+    criterion: Any,
+    *,
+    topk: int | None = None,
+    descending: bool = False,
+    mask: Any = None,
+    **options: Any,
+) -> Any:
     r"""Sort the rows of ``x`` by ``criterion``: composite rows in increasing criterion order.
 
     Examples
@@ -752,6 +834,10 @@ def sort_with(x: Any, /, criterion: Any, *, topk: int | None = None, descending:
         ``None``, ``topk <= 0`` and ``topk >= n`` keep every row, as in OTT-JAX.
     descending : bool
         Composite rows in decreasing criterion order.
+    mask : array of bool, optional
+        Ragged rows (see :func:`sort`), of the shape of ``criterion`` (or broadcastable):
+        which rows of ``x`` take part; each batch entry gives its composite rows of the
+        valid rows first, rows of zeros after (with ``topk``, as :func:`sort`).
     **options
         Solver options, listed under Other Parameters.
 
@@ -769,7 +855,7 @@ def sort_with(x: Any, /, criterion: Any, *, topk: int | None = None, descending:
     -----
     Output ``(P^T X) / b`` where ``P`` is the plan of :func:`sort` on ``criterion``.
     """
-    return _sort_with(x, criterion, topk=topk, descending=descending, **options).evaluate()
+    return _sort_with(x, criterion, topk=topk, descending=descending, mask=mask, **options).evaluate()
 
 
 @solver_options()
@@ -781,6 +867,7 @@ def transport_for_sort(
     *,
     axis: int = -1,
     num_targets: int | None = None,
+    mask: Any = None,
     **options: Any,
 ) -> TransportResult:
     r"""The entropic transport plan behind every operator, with the solver's diagnostics.
@@ -809,6 +896,12 @@ def transport_for_sort(
         Axis of the values.
     num_targets : int, optional
         Number of uniform targets when ``target_weights`` is not given.
+    mask : array of bool, optional
+        Ragged rows (see :func:`sort`; not with ``weights``): each row's plan between its
+        ``c`` valid inputs (weights ``1 / c``) and, by default, ``c`` uniform targets of
+        its own (the first ``c`` columns); ``target_weights`` and ``num_targets`` are the
+        same for every row. The plan, ``f`` and ``g`` are 0 at invalid inputs and unused
+        targets.
     **options
         Solver options, listed under Other Parameters.
 
@@ -839,12 +932,19 @@ def transport_for_sort(
             else check.weights(fname, "target_weights", backend, target_weights, dtype, dev)
         )
         m = None if num_targets is None else check.as_int(fname, "num_targets", num_targets, 1)
+        if mask is not None and weights is not None:
+            msg = f"{fname}() takes 'mask' or 'weights', not both (a mask weighs each row's valid inputs equally)"
+            raise ValueError(msg)
         return ops.plan_op(a, b, m)
 
-    call = _along_axis(fname, x, axis, options, make, weights=weights, target_weights=target_weights)
+    call = _along_axis(fname, x, axis, options, make, mask=mask, weights=weights, target_weights=target_weights)
     plan, t = call.run()
     converged = _report(fname, call.backend, t, call.config)
     xp = call.backend.xp
+    if call.valid is not None:  # potentials of entries that took no part: 0, like the plan
+        f_kept = xp.where(call.valid, t.f, xp.zeros_like(t.f))
+        used = xp.sum(plan, axis=-2) > 0
+        t = t._replace(f=f_kept, g=xp.where(used, t.g, xp.zeros_like(t.g)))
     dims = check.axes(fname, axis, x.ndim)
     batch = tuple(s for i, s in enumerate(x.shape) if i not in dims)
 
@@ -898,7 +998,8 @@ def vjp(fun: Callable[..., Any], x: Any, /, *args: Any, **kwargs: Any) -> tuple[
     x : array
         The array to differentiate with respect to (for :func:`sort_with`, the rows).
     *args, **kwargs
-        The other arguments of ``fun``, as in a direct call.
+        The other arguments of ``fun``, as in a direct call (``mask`` included: the
+        gradient is then exactly zero at invalid entries).
 
     Returns
     -------
@@ -935,6 +1036,7 @@ def vjp(fun: Callable[..., Any], x: Any, /, *args: Any, **kwargs: Any) -> tuple[
         call.eps,
         call.config,
         straight_through=call.straight_through,
+        valid=call.valid,
     )
     _report(call.fname, call.backend, t, call.config)
     user_out = call.cast(call.to_user(out))

@@ -446,3 +446,23 @@ def levels(fname: str, q: Any) -> None:
     if any(isinstance(v, bool) or not isinstance(v, numbers.Real) for v in items):
         msg = f"{fname}() argument 'q' must be a number, a sequence of numbers or a 1-D array, got {_short(q)}"
         raise TypeError(msg)
+
+
+def mask(fname: str, xp: Any, value: Any, shape: tuple[int, ...], name: str = "x") -> Any:
+    """``mask=``: a boolean array of the input's library broadcastable to ``shape``, broadcast."""
+    if not _compat.is_array_api_obj(value):
+        msg = (
+            f"{fname}() argument 'mask' must be a boolean array of the input's library, got "
+            f"{type(value).__name__} {_short(value)}"
+        )
+        raise TypeError(msg)
+    same_library(fname, "argument 'mask'", xp, value)
+    if value.dtype != xp.bool:
+        msg = f"{fname}() argument 'mask' must have a boolean dtype (True: the entry takes part), got {value.dtype}"
+        raise TypeError(msg)
+    got = tuple(value.shape)
+    fits = len(got) <= len(shape) and all(g in (1, s) for g, s in zip(reversed(got), reversed(shape), strict=False))
+    if not fits:
+        msg = f"{fname}() argument 'mask' of shape {got} does not broadcast to the shape {shape} of {name!r}"
+        raise ValueError(msg)
+    return value if got == shape else xp.broadcast_to(value, shape)

@@ -54,6 +54,9 @@ class SolverConfig:
     memory_budget: int = 2**30
     cg_tol: float = 1e-6
     cg_max_iterations: int = 500
+    #: Some input or target weights are zero (``mask=``): the solver then starts those
+    #: entries at their own update (``_sinkhorn._zero_weight_start``). Set by the pipeline.
+    zero_weights: bool = False
 
     @property
     def block(self) -> int:

@@ -47,13 +47,13 @@ def _count_below(xp: Any, v: Any, w: Any, strict: bool, index_dtype: Any) -> Any
     return low
 
 
-def exact_dual(xp: Any, z: Any, a: Any, b: Any) -> tuple[Any, Any]:
+def exact_dual(xp: Any, z: Any, a: Any, b: Any, y: Any = None) -> tuple[Any, Any]:
     """Potentials ``(f, g)`` of the unregularized problem, ``f + g <= C`` with equality on the plan.
 
     ``z, a`` are (..., n), ``b`` is (..., m) (rows of ``a`` and ``b`` sum to one); the
-    targets are ``linspace(0, 1, m)``. Cost: a sort of ``z`` (and of its order, to undo
-    it) and binary searches of each cumulative mass in the other: O((n + m) log(n + m))
-    per row, no array of size n x m.
+    targets are ``linspace(0, 1, m)``, or the increasing positions ``y`` (..., m). Cost: a
+    sort of ``z`` (and of its order, to undo it) and binary searches of each cumulative
+    mass in the other: O((n + m) log(n + m)) per row, no array of size n x m.
     """
     n, m = z.shape[-1], b.shape[-1]
     order = xp.argsort(z, axis=-1, stable=True)
@@ -73,19 +73,26 @@ def exact_dual(xp: Any, z: Any, a: Any, b: Any) -> tuple[Any, Any]:
         col_of_row = xp.clip(_count_below(xp, ca + shift, cum_b, down_first, order.dtype), 0, m - 1)
         row_of_col = xp.clip(_count_below(xp, cb - shift, cum_a, not down_first, order.dtype), 0, n - 1)
         # C[i+1, j] - C[i, j] = (z[i+1] - z[i]) (z[i+1] + z[i] - 2 y_j)
-        y_row = xp.astype(col_of_row, z.dtype) * step
+        if y is None:
+            y_row = xp.astype(col_of_row, z.dtype) * step
+        else:
+            y_row = xp.take_along_axis(y, col_of_row, axis=-1)
         d_f = (zs[..., 1:] - zs[..., :-1]) * (zs[..., 1:] + zs[..., :-1] - 2.0 * y_row)
         # C[i, j+1] - C[i, j] = step (y_j + y_{j+1} - 2 z_i)
         z_col = xp.take_along_axis(zs, row_of_col, axis=-1)
-        y_col = xp.astype(xp.arange(m - 1, device=device(z)), z.dtype) * step
-        d_g = step * (2.0 * y_col + step - 2.0 * z_col)
+        if y is None:
+            y_col = xp.astype(xp.arange(m - 1, device=device(z)), z.dtype) * step
+            d_g = step * (2.0 * y_col + step - 2.0 * z_col)
+        else:  # C[i, j+1] - C[i, j] = (y_{j+1} - y_j) (y_j + y_{j+1} - 2 z_i)
+            d_g = (y[..., 1:] - y[..., :-1]) * (y[..., :-1] + y[..., 1:] - 2.0 * z_col)
         return _cumulative(xp, d_f), _cumulative(xp, d_g)
 
     f_down, g_down = staircase(True)
     f_right, g_right = staircase(False)
     f_sorted = 0.5 * (f_down + f_right)
-    # Cell (0, 0) is on every staircase: f_0 + g_0 = C_00 = z_0**2 (y_0 = 0), with f_0 = 0.
-    g = zs[..., :1] * zs[..., :1] + 0.5 * (g_down + g_right)
+    # Cell (0, 0) is on every staircase: f_0 + g_0 = C_00 = (z_0 - y_0)**2, with f_0 = 0.
+    first = zs[..., :1] if y is None else zs[..., :1] - y[..., :1]
+    g = first * first + 0.5 * (g_down + g_right)
     f = xp.take_along_axis(f_sorted, xp.argsort(order, axis=-1), axis=-1)
     return f, g
 

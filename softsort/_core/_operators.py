@@ -7,10 +7,12 @@ Inputs arrive here already validated, moved to the last axis and flattened to (B
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from .._compat import device
+from . import _masked as mk
 from . import _readouts as ro
 from . import _targets
 from ._config import SolverConfig
@@ -23,6 +25,7 @@ class Prepared(NamedTuple):
     b: Any  # (m,) or (B, m) target weights
     aux: Any  # whatever the read-out needs (targets, selection matrix, ...)
     a: Any = None  # (n,) or (B, n) input weights; None means uniform
+    y: Any = None  # (B, m) target positions of each row (mask=); None means linspace(0, 1, m)
 
 
 class Operator(NamedTuple):
@@ -34,6 +37,10 @@ class Operator(NamedTuple):
     #: Whether the caller reads the potentials and error log (transport_for_sort); else a
     #: chunk of a batch keeps only its read-out, iterations and final error.
     diagnostics: bool = False
+    #: The same operator on ragged rows (``mask=``): an Operator whose ``prepare`` takes
+    #: ``(xp, n, like, rows)`` (:class:`._masked.Rows`) and returns per-row ``a``, ``b``
+    #: (and ``y`` where the targets depend on the row's count); None: not supported.
+    masked: Any = None
 
 
 def _arange_like(xp: Any, m: int, like: Any) -> Any:
@@ -76,8 +83,70 @@ def sort_op(topk: int | None, num_targets: int | None, rows: bool = False, desce
         def readout_vjp(xp: Any, plan: Any, values: Any, b: Any, start: int, cot: Any) -> Any:
             return ro.sorted_values_vjp(xp, plan, values, b, _pad_front(xp, cot, start, -1))
 
-    op = Operator(prepare, readout, readout_vjp)
+    op = Operator(prepare, readout, readout_vjp, masked=_sort_masked(topk, num_targets, rows, descending))
     return _flipped(op, -2 if rows else -1) if descending else op
+
+
+def _sort_masked(topk: int | None, num_targets: int | None, rows: bool, descending: bool) -> Operator:
+    """Each row's composite values first (in the requested order), zeros after.
+
+    A row of ``c`` valid entries: ``c`` uniform targets of its own (full sort, output
+    length ``n``); ``num_targets`` uniform targets (every row, output ``num_targets``); with
+    ``topk = k``, the top-k measure of ``c`` values when ``c > k``, else the full sort of
+    its ``c`` values (output length ``k``, zeros after the ``c`` values).
+    """
+
+    def prepare(xp: Any, n: int, like: Any, r: mk.Rows) -> Prepared:
+        c = r.count
+        if topk is not None and topk < n:
+            m, k = topk + 1, topk
+            big = c > k
+            b_small, y_small, used_small = mk.prefix(xp, c, m, like)
+            j = _arange_like(xp, m, like)[None, :]
+            b_big = xp.where(j == 0, (c - k) / c, 1.0 / c)
+            b = xp.where(big, b_big, b_small)
+            y = xp.where(big, xp.zeros_like(y_small) + j / k, y_small)
+            used = big | used_small
+            out = _arange_like(xp, k, like)[None, :]
+            if descending:
+                index = xp.where(big, k - out, c - 1 - out)
+            else:
+                index = xp.where(big, out + 1, out)
+            on = r.nonempty & (big | (out < c))
+        elif num_targets is not None:
+            m = num_targets
+            b, y = _targets.uniform(xp, m, like), None
+            used = xp.ones((1, m), dtype=xp.bool, device=device(like))
+            out = _arange_like(xp, m, like)[None, :]
+            index = (m - 1) - out if descending else out
+            on = r.nonempty & (out >= 0)
+        else:
+            m = n
+            b, y, used = mk.prefix(xp, c, m, like)
+            out = _arange_like(xp, m, like)[None, :]
+            index = (c - 1) - out if descending else out
+            on = r.nonempty & (out < c)
+        index = xp.zeros_like(c) + index
+        used = used & (c > 0)  # (B, m)
+        return Prepared(b, (used, mk.selection(xp, index, on, m, like)), mk.input_weights(r), y)
+
+    if rows:
+
+        def readout(xp: Any, plan: Any, values: Any, b: Any, aux: Any) -> Any:
+            return aux[1] @ mk.composite_rows(xp, plan, values, aux[0])
+
+        def readout_vjp(xp: Any, plan: Any, values: Any, b: Any, aux: Any, cot: Any) -> Any:
+            return mk.composite_rows_vjp(xp, plan, values, aux[0], xp.matrix_transpose(aux[1]) @ cot)
+
+    else:
+
+        def readout(xp: Any, plan: Any, values: Any, b: Any, aux: Any) -> Any:
+            return mk._mv(aux[1], mk.composite(xp, plan, values, aux[0]))
+
+        def readout_vjp(xp: Any, plan: Any, values: Any, b: Any, aux: Any, cot: Any) -> Any:
+            return mk.composite_vjp(xp, plan, values, aux[0], mk._vm(cot, aux[1]))
+
+    return Operator(prepare, readout, readout_vjp)
 
 
 def _flipped(op: Operator, axis: int) -> Operator:
@@ -89,7 +158,7 @@ def _flipped(op: Operator, axis: int) -> Operator:
     def readout_vjp(xp: Any, plan: Any, values: Any, b: Any, aux: Any, cot: Any) -> Any:
         return op.readout_vjp(xp, plan, values, b, aux, xp.flip(cot, axis=axis))
 
-    return Operator(op.prepare, readout, readout_vjp)
+    return Operator(op.prepare, readout, readout_vjp, masked=op.masked)
 
 
 # -- ranks and topk_mask ----------------------------------------------------------------------
@@ -116,6 +185,45 @@ def ranks_op(num_targets: int | None, target_weights: Any, descending: bool = Fa
     def readout_vjp(xp: Any, plan: Any, values: Any, b: Any, aux: Any, cot: Any) -> Any:
         return ro.transported_vjp(xp, plan, aux[0], aux[1], cot), None
 
+    def prepare_masked(xp: Any, n: int, like: Any, r: mk.Rows) -> Prepared:
+        # Ranks of a row of c values lie in [0, c - 1]: c times the mean target position,
+        # times (c - 1) / (m - 1) (m = c by default: each row has its own c targets).
+        c = r.count
+        y = None
+        if target_weights is not None:
+            b = xp.flip(target_weights) if descending else target_weights
+            m = b.shape[-1]
+            levels = _arange_like(xp, m, like)[None, :]
+            size = xp.zeros_like(c) + m
+        elif num_targets is not None:
+            m = num_targets
+            b = _targets.uniform(xp, m, like)
+            levels = _arange_like(xp, m, like)[None, :]
+            size = xp.zeros_like(c) + m
+        else:
+            m = n
+            b, y, _ = mk.prefix(xp, c, m, like)
+            levels = _arange_like(xp, m, like)[None, :]
+            size = c
+        if descending:
+            levels = (size - 1) - levels
+        levels = xp.where(levels >= 0, levels, xp.zeros_like(levels))  # unused targets: no mass anyway
+        span = xp.where(size > 1, size - 1.0, xp.ones_like(size))
+        factor = xp.where(size > 1, c * (c - 1) / span, xp.zeros_like(c))
+        return Prepared(b, (levels, factor, r.valid), mk.input_weights(r), y)
+
+    return Operator(prepare, readout, readout_vjp, masked=_spread_masked(prepare_masked))
+
+
+def _spread_masked(prepare: Callable[..., Prepared]) -> Operator:
+    """A masked operator reading ``aux = (levels, factor, valid)`` as :func:`._masked.spread`."""
+
+    def readout(xp: Any, plan: Any, values: Any, b: Any, aux: Any) -> Any:
+        return mk.spread(xp, plan, *aux)
+
+    def readout_vjp(xp: Any, plan: Any, values: Any, b: Any, aux: Any, cot: Any) -> Any:
+        return mk.spread_vjp(xp, plan, *aux, cot), None
+
     return Operator(prepare, readout, readout_vjp)
 
 
@@ -129,7 +237,13 @@ def topk_mask_op(k: int) -> Operator:
     def readout_vjp(xp: Any, plan: Any, values: Any, b: Any, levels: Any, cot: Any) -> Any:
         return ro.transported_vjp(xp, plan, levels, 1.0, cot), None
 
-    return Operator(prepare, readout, readout_vjp)
+    def prepare_masked(xp: Any, n: int, like: Any, r: mk.Rows) -> Prepared:
+        # A row of c <= k values keeps them all: every input goes to the upper target.
+        top = xp.minimum(k / r.count, xp.ones_like(r.count))
+        b = xp.concat([1.0 - top, top], axis=-1)
+        return Prepared(b, (_arange_like(xp, 2, like), r.count, r.valid), mk.input_weights(r))
+
+    return Operator(prepare, readout, readout_vjp, masked=_spread_masked(prepare_masked))
 
 
 # -- quantile ---------------------------------------------------------------------------------
@@ -154,7 +268,23 @@ def quantile_op(q: Any, weight: Any) -> Operator:
     def readout_vjp(xp: Any, plan: Any, values: Any, b: Any, select: Any, cot: Any) -> Any:
         return ro.sorted_values_vjp(xp, plan, values, b, cot @ xp.matrix_transpose(select))
 
-    return Operator(prepare, readout, readout_vjp)
+    def prepare_masked(xp: Any, n: int, like: Any, r: mk.Rows) -> Prepared:
+        order = xp.argsort(q)
+        b = mk.quantile_weights(xp, xp.take(q, order), r.count, weight)
+        select = prepare(xp, n, like).aux
+        used = xp.ones(b.shape, dtype=xp.bool, device=device(like))
+        return Prepared(b, (used, select, r.nonempty), mk.input_weights(r))
+
+    def readout_masked(xp: Any, plan: Any, values: Any, b: Any, aux: Any) -> Any:
+        out = mk.composite(xp, plan, values, aux[0]) @ aux[1]
+        return xp.where(aux[2], out, xp.zeros_like(out))
+
+    def readout_vjp_masked(xp: Any, plan: Any, values: Any, b: Any, aux: Any, cot: Any) -> Any:
+        cot = xp.where(aux[2], cot, xp.zeros_like(cot))
+        return mk.composite_vjp(xp, plan, values, aux[0], cot @ xp.matrix_transpose(aux[1]))
+
+    masked = Operator(prepare_masked, readout_masked, readout_vjp_masked)
+    return Operator(prepare, readout, readout_vjp, masked=masked)
 
 
 # -- quantize and quantile_normalization ------------------------------------------------------
@@ -168,7 +298,24 @@ def quantize_op(num_levels: int) -> Operator:
     def readout_vjp(xp: Any, plan: Any, values: Any, b: Any, aux: Any, cot: Any) -> Any:
         return ro.quantized_vjp(xp, plan, values, b, cot)
 
-    return Operator(prepare, readout, readout_vjp)
+    def prepare_masked(xp: Any, n: int, like: Any, r: mk.Rows) -> Prepared:
+        used = xp.ones((1, num_levels), dtype=xp.bool, device=device(like))
+        return Prepared(_targets.uniform(xp, num_levels, like), (used, r.count, r.valid), mk.input_weights(r))
+
+    def readout_masked(xp: Any, plan: Any, values: Any, b: Any, aux: Any) -> Any:
+        used, count, valid = aux
+        return mk.spread(xp, plan, mk.composite(xp, plan, values, used), count, valid)
+
+    def readout_vjp_masked(xp: Any, plan: Any, values: Any, b: Any, aux: Any, cot: Any) -> Any:
+        used, count, valid = aux
+        levels = mk.composite(xp, plan, values, used)
+        d_plan = mk.spread_vjp(xp, plan, levels, count, valid, cot)
+        d_levels = mk._vm(count * xp.where(valid, cot, xp.zeros_like(cot)), plan)
+        d_plan2, d_values = mk.composite_vjp(xp, plan, values, used, d_levels)
+        return d_plan + d_plan2, d_values
+
+    masked = Operator(prepare_masked, readout_masked, readout_vjp_masked)
+    return Operator(prepare, readout, readout_vjp, masked=masked)
 
 
 def quantile_normalization_op(targets: Any, weights: Any) -> Operator:
@@ -183,7 +330,11 @@ def quantile_normalization_op(targets: Any, weights: Any) -> Operator:
     def readout_vjp(xp: Any, plan: Any, values: Any, b: Any, tgt: Any, cot: Any) -> Any:
         return ro.transported_vjp(xp, plan, tgt, 1.0, cot), None
 
-    return Operator(prepare, readout, readout_vjp)
+    def prepare_masked(xp: Any, n: int, like: Any, r: mk.Rows) -> Prepared:
+        prep = prepare(xp, n, like)
+        return Prepared(prep.b, (targets, r.count, r.valid), mk.input_weights(r))
+
+    return Operator(prepare, readout, readout_vjp, masked=_spread_masked(prepare_masked))
 
 
 def plan_op(weights: Any, target_weights: Any, num_targets: int | None) -> Operator:
@@ -200,14 +351,32 @@ def plan_op(weights: Any, target_weights: Any, num_targets: int | None) -> Opera
     def readout_vjp(xp: Any, plan: Any, values: Any, b: Any, aux: Any, cot: Any) -> Any:
         return cot, None
 
-    return Operator(prepare, readout, readout_vjp, diagnostics=True)
+    def prepare_masked(xp: Any, n: int, like: Any, r: mk.Rows) -> Prepared:
+        # weights with a mask are refused by the API; each row's c uniform inputs
+        y = None
+        if target_weights is not None or num_targets is not None:
+            b = prepare(xp, n, like).b
+            used = xp.ones((1, b.shape[-1]), dtype=xp.bool, device=device(like))
+        else:
+            b, y, used = mk.prefix(xp, r.count, n, like)
+        keep = r.valid[..., :, None] & used[..., None, :]
+        return Prepared(b, keep, mk.input_weights(r), y)
+
+    def readout_masked(xp: Any, plan: Any, values: Any, b: Any, keep: Any) -> Any:
+        return xp.where(keep, plan, xp.zeros_like(plan))
+
+    def readout_vjp_masked(xp: Any, plan: Any, values: Any, b: Any, keep: Any, cot: Any) -> Any:
+        return xp.where(keep, cot, xp.zeros_like(cot)), None
+
+    masked = Operator(prepare_masked, readout_masked, readout_vjp_masked, diagnostics=True)
+    return Operator(prepare, readout, readout_vjp, diagnostics=True, masked=masked)
 
 
 # -- the pipeline -------------------------------------------------------------------------------
-def _problem(backend: Any, op: Operator, criterion: Any, eps: Any) -> tuple[Any, ...]:
+def _problem(backend: Any, op: Operator, criterion: Any, eps: Any, rows: Any = None) -> tuple[Any, ...]:
     xp = backend.xp
     batch, n = criterion.shape[0], criterion.shape[-1]
-    prep = op.prepare(xp, n, criterion)
+    prep = op.prepare(xp, n, criterion) if rows is None else op.prepare(xp, n, criterion, rows)
     m = prep.b.shape[-1]
     b = xp.broadcast_to(prep.b, (batch, m))
     if prep.a is not None:
@@ -215,7 +384,32 @@ def _problem(backend: Any, op: Operator, criterion: Any, eps: Any) -> tuple[Any,
     else:
         a = xp.full((batch, n), 1.0 / n, dtype=criterion.dtype, device=device(criterion))
     eps = xp.broadcast_to(eps, (batch,))
+    if prep.y is not None:
+        prep = prep._replace(y=xp.broadcast_to(prep.y, (batch, m)))
     return prep, a, b, eps
+
+
+def _masked_inputs(xp: Any, op: Operator, values: Any, criterion: Any, valid: Any) -> tuple[Any, ...]:
+    """``mask=``: the masked operator, its rows, and the inputs with invalid entries set to 0.
+
+    Zeroing (a select, not a product) makes the result and its gradient independent of
+    the invalid entries exactly, whatever they hold.
+    """
+    if op.masked is None:
+        msg = "this operator does not take 'mask'"
+        raise ValueError(msg)
+    rows = mk.rows(xp, valid, criterion)
+    crit = xp.where(valid, criterion, xp.zeros_like(criterion))
+    if values is criterion:
+        vals = crit
+    else:
+        keep = valid[..., None] if values.ndim == 3 else valid
+        vals = xp.where(keep, values, xp.zeros_like(values))
+    return op.masked, rows, vals, crit
+
+
+def _zero_weights(config: SolverConfig) -> SolverConfig:
+    return config if config.zero_weights else dataclasses.replace(config, zero_weights=True)
 
 
 #: Working memory of one problem, in ``n x m`` arrays: the bound ``memory_budget`` is
@@ -270,8 +464,11 @@ def run(
     squash: Callable[[Any], Any] | None,
     config: SolverConfig,
     straight_through: bool = False,
+    valid: Any = None,
 ) -> tuple[Any, Transport]:
     """Forward pass, differentiable by the framework (the plan by its implicit VJP).
+
+    ``valid`` (B, n) booleans: ``mask=`` (see :mod:`._masked`); None: every entry.
 
     A batch larger than ``config.memory_budget`` is solved in chunks of rows, one after
     the other; rows are independent problems, so the result is the same. A chunk keeps
@@ -283,20 +480,36 @@ def run(
     xp = backend.xp
     spans = chunks(backend, op, criterion, config)
     if len(spans) > 1:
+        if valid is None:
 
-        def one(v: Any, c: Any) -> tuple[Any, Transport]:
-            out, t = run(backend, op, v, c, eps, squash, config, straight_through)
+            def one(v: Any, c: Any) -> tuple[Any, Transport]:
+                out, t = run(backend, op, v, c, eps, squash, config, straight_through)
+                return out, _kept(op, t)
+
+            chunk = backend.checkpoint(one, values, criterion)
+            return _concat_runs(xp, [chunk(values[s:e, ...], criterion[s:e, ...]) for s, e in spans])
+
+        def one_masked(v: Any, c: Any, ok: Any) -> tuple[Any, Transport]:
+            out, t = run(backend, op, v, c, eps, squash, config, straight_through, ok)
             return out, _kept(op, t)
 
-        chunk = backend.checkpoint(one, values, criterion)
-        return _concat_runs(xp, [chunk(values[s:e, ...], criterion[s:e, ...]) for s, e in spans])
-    prep, a, b, eps = _problem(backend, op, criterion, eps)
-    z = default_squash(backend, criterion) if squash is None else squash(criterion)
+        chunk = backend.checkpoint(one_masked, values, criterion)
+        parts = [chunk(values[s:e, ...], criterion[s:e, ...], valid[s:e, ...]) for s, e in spans]
+        return _concat_runs(xp, parts)
+    rows = None
+    if valid is not None:
+        op, rows, values, criterion = _masked_inputs(xp, op, values, criterion, valid)
+        config = _zero_weights(config)
+    prep, a, b, eps = _problem(backend, op, criterion, eps, rows)
+    if rows is None:
+        z = default_squash(backend, criterion) if squash is None else squash(criterion)
+    else:  # the API refuses a custom squashing_fun with mask=
+        z = default_squash(backend, criterion, (rows.weight, rows.count))
     if tuple(z.shape) != tuple(criterion.shape):
         shapes = f"{tuple(criterion.shape)}, got {tuple(z.shape)}"
         msg = f"option 'squashing_fun' must return an array of the shape it receives {shapes}"
         raise ValueError(msg)
-    t = transport(backend, config, z, a, b, eps)
+    t = transport(backend, config, z, a, b, eps, prep.y, fixed_targets=True)
     out = op.readout(xp, t.plan, values, b, prep.aux)
     if straight_through:
         out = _straight_through(backend, op, out, z, a, b, values, prep.aux)
@@ -323,10 +536,15 @@ def run_vjp(
     config: SolverConfig,
     same: bool | None = None,
     straight_through: bool = False,
+    valid: Any = None,
 ) -> tuple[Any, Transport, Callable[[Any], Any]]:
     """Eager forward and a pull-back to ``values`` (default squashing; for softsort.vjp)."""
     xp = backend.xp
     same = values is criterion if same is None else same  # differentiate the criterion too?
+
+    def part(s: int, e: int) -> Any:
+        return None if valid is None else valid[s:e, ...]
+
     spans = chunks(backend, op, criterion, config)
     if len(spans) > 1:
         # Each chunk's pull-back holds its plan: keeping them all would hold the whole
@@ -335,7 +553,9 @@ def run_vjp(
         # through it before the next.
         parts = []
         for s, e in spans:
-            out, t, _ = run_vjp(backend, op, values[s:e, ...], criterion[s:e, ...], eps, config, same, straight_through)
+            out, t, _ = run_vjp(
+                backend, op, values[s:e, ...], criterion[s:e, ...], eps, config, same, straight_through, part(s, e)
+            )
             parts.append((out, _kept(op, t)))
         out, t = _concat_runs(xp, parts)
         del parts
@@ -343,15 +563,21 @@ def run_vjp(
         def chunked_pullback(cot: Any) -> Any:
             grads = []
             for s, e in spans:
-                pull = run_vjp(backend, op, values[s:e, ...], criterion[s:e, ...], eps, config, same)[2]
+                sub = (values[s:e, ...], criterion[s:e, ...])
+                pull = run_vjp(backend, op, *sub, eps, config, same, False, part(s, e))[2]
                 grads.append(pull(cot[s:e, ...]))
                 del pull
             return xp.concat(grads, axis=0)
 
         return out, t, chunked_pullback
-    prep, a, b, eps = _problem(backend, op, criterion, eps)
-    z = default_squash(backend, criterion)
-    t, plan_pullback = transport_vjp(backend, config, z, a, b, eps)
+    rows = squash_rows = None
+    if valid is not None:
+        op, rows, values, criterion = _masked_inputs(xp, op, values, criterion, valid)
+        squash_rows = (rows.weight, rows.count)
+        config = _zero_weights(config)
+    prep, a, b, eps = _problem(backend, op, criterion, eps, rows)
+    z = default_squash(backend, criterion, squash_rows)
+    t, plan_pullback = transport_vjp(backend, config, z, a, b, eps, prep.y)
     out = op.readout(xp, t.plan, values, b, prep.aux)
     if straight_through:  # the value is the hard operator's, the pull-back the soft one's
         out = _straight_through(backend, op, out, z, a, b, values, prep.aux)
@@ -359,9 +585,15 @@ def run_vjp(
     def pullback(cot: Any) -> Any:
         d_plan, d_values = op.readout_vjp(xp, t.plan, values, b, prep.aux, cot)
         d_z = plan_pullback(d_plan)[0]
-        d_crit = default_squash_vjp(backend, criterion, d_z)
+        d_crit = default_squash_vjp(backend, criterion, d_z, squash_rows)
         if same:
-            return d_crit if d_values is None else d_values + d_crit
-        return xp.zeros_like(values) if d_values is None else d_values
+            grad = d_crit if d_values is None else d_values + d_crit
+        else:
+            grad = xp.zeros_like(values) if d_values is None else d_values
+        if valid is None:
+            return grad
+        # the invalid entries were replaced by zeros: their gradient is exactly zero
+        keep = valid[..., None] if grad.ndim == 3 else valid
+        return xp.where(keep, grad, xp.zeros_like(grad))
 
     return out, t, pullback

@@ -124,15 +124,21 @@ def solve(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any, 
     xp = backend.xp
     dev = device(z)
     scale = 1.0 / xp.sqrt(eps)[..., None]
+    given_y = y
     y = targets_like(xp, z, b.shape[-1]) if y is None else y
-    init = config.init if y.ndim == 1 else "zeros"
+    # The exact-dual start is for 1-D problems (explicit 1-D targets, those of mask=, are
+    # increasing like the default ones); points in d dimensions start from zero.
+    init = config.init if z.ndim == 2 else "zeros"
+    a, b = _positive_weights(xp, a), _positive_weights(xp, b)
     if z.ndim == 3:  # points in d dimensions: scale every coordinate
         rows = _Rows(z * scale[..., None], y * scale[..., None], a, b, eps)
     else:
         rows = _Rows(z * scale, y * scale, a, b, eps)
     batch = a.shape[:-1]
     eps_col = eps[..., None]
-    f0, g0 = _start(xp, init, z, a, b, eps)
+    f0, g0 = _start(xp, init, z, a, b, eps, given_y)
+    if config.zero_weights:
+        f0, g0 = _zero_weight_start(backend, rows, f0, g0)
     errors0 = -xp.ones((*batch, config.num_checks), dtype=z.dtype, device=dev)
     it0 = xp.asarray(0, dtype=xp.int32, device=dev)
     row_it0 = xp.zeros(batch, dtype=xp.int32, device=dev)
@@ -167,6 +173,36 @@ def solve(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any, 
         plan = _plan(backend, rows, f, g)
     plan, final_err = _returned(backend, plan, a, b)
     return SinkhornOutput(eps_col * f, eps_col * g, errors, row_it, final_err, plan)
+
+
+def _positive_weights(xp: Any, w: Any) -> Any:
+    """Zero weights (the padding of ``mask=``) raised to the smallest normal float.
+
+    A zero weight makes its log ``-inf``, and ``-inf - (-inf)`` in the relaxed steps is
+    NaN. At the smallest normal float the entry carries no mass the dtype can see next to
+    the others (every result moves by less than rounding), its scalings stay finite, and
+    the returned plan's row of it has that mass: the read-outs of ``mask=`` ignore it.
+    """
+    tiny = xp.finfo(w.dtype).smallest_normal
+    return xp.where(w > tiny, w, xp.full_like(w, tiny))
+
+
+def _zero_weight_start(backend: Any, rows: _Rows, f0: Any, g0: Any) -> tuple[Any, Any]:
+    """Start the entries of zero weight (``mask=``) at their own update from the others.
+
+    From any other start such an input would send mass in the first g-update as if it had
+    a full weight (the start of zero potentials does so), and the valid entries' path
+    would differ from their problem alone; from its own f-update it sends at most its
+    weight, the smallest normal float. A target of zero weight likewise starts at its own
+    g-update (its scaling is then moderate, not ``1 / tiny``). Two log-sum-exps of the
+    cost, only for problems that may hold zero weights (``SolverConfig.zero_weights``).
+    """
+    xp = backend.xp
+    tiny = xp.finfo(rows.a.dtype).smallest_normal
+    cost = _cost(backend, rows)
+    f = xp.where(rows.a <= tiny, xp.log(rows.a) - logsumexp(backend, g0[..., None, :] - cost, axis=-1), f0)
+    g = xp.where(rows.b <= tiny, xp.log(rows.b) - logsumexp(backend, f[..., :, None] - cost, axis=-2), g0)
+    return f, g
 
 
 def _returned(backend: Any, plan: Any, a: Any, b: Any) -> tuple[Any, Any]:
@@ -366,14 +402,14 @@ def _block(backend: Any, config: SolverConfig, rows: _Rows, state: _State, first
     return _State(f, g, lu, lv, kernel, errors, it, omega, xp.where(active, err, last_err), row_it)
 
 
-def _start(xp: Any, init: str, z: Any, a: Any, b: Any, eps: Any) -> tuple[Any, Any]:
+def _start(xp: Any, init: str, z: Any, a: Any, b: Any, eps: Any, y: Any = None) -> tuple[Any, Any]:
     """Starting potentials in units of epsilon (see ``SolverConfig.init``)."""
     dev = device(z)
     f0 = xp.zeros(a.shape, dtype=z.dtype, device=dev)
     g0 = xp.zeros(b.shape, dtype=z.dtype, device=dev)
     if init == "zeros" or math.prod(z.shape) == 0:
         return f0, g0
-    f, g = exact_dual(xp, z, a, b)
+    f, g = exact_dual(xp, z, a, b, y)
     f, g = f / eps[..., None], g / eps[..., None]
     if init == "auto":  # epsilon is an array here (resolved before when it is a number)
         fast = (eps < ACCELERATE_BELOW)[..., None]

@@ -71,6 +71,17 @@ def _jvp(static: Static, inputs: tuple[Any, ...], outputs: tuple[Any, ...], tang
     return (plan_jvp(backend, config, outputs[0], z, y, inputs[3], dz, da, db, de),)
 
 
+def _jvp_targets(
+    static: Static, inputs: tuple[Any, ...], outputs: tuple[Any, ...], tangents: tuple[Any, ...]
+) -> tuple[Any]:
+    """:func:`_jvp` with explicit 1-D target positions ``y`` (B, m) (``mask=``), held fixed."""
+    backend, config = static
+    xp = backend.xp
+    z, _, _, eps, y = inputs
+    dz, da, db, de = (xp.zeros_like(x) if t is None else t for x, t in zip(inputs[:4], tangents[:4], strict=True))
+    return (plan_jvp(backend, config, outputs[0], z, y, eps, dz, da, db, de),)
+
+
 def _cost_vjp(xp: Any, z: Any, y: Any, d_cost: Any) -> tuple[Any, Any]:
     """Cotangents of ``z`` (B, n[, d]) and ``y`` (B, m[, d]) from ``dL/dC``, ``C = |z_i - y_j|^2``."""
     point = z.ndim == 3
@@ -86,40 +97,64 @@ def _differentiable_plan(backend: Any) -> Any:
 
 
 @functools.cache
+def _differentiable_plan_targets(backend: Any) -> Any:
+    # Per-row 1-D target positions that carry no gradient (mask=): the plan alone is
+    # differentiable, with the forward-mode rule, as on the default path.
+    return backend.custom_vjp(_fwd, _bwd, differentiable_outputs=1, jvp=_jvp_targets)
+
+
+@functools.cache
 def _differentiable_transport(backend: Any) -> Any:
     # The plan and both potentials carry gradients (the multivariate maps read the
     # potentials); the operators' path above keeps the plan only.
     return backend.custom_vjp(_fwd, _bwd, differentiable_outputs=3)
 
 
-def transport(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any, y: Any = None) -> Transport:
+def transport(
+    backend: Any,
+    config: SolverConfig,
+    z: Any,
+    a: Any,
+    b: Any,
+    eps: Any,
+    y: Any = None,
+    fixed_targets: bool = False,
+) -> Transport:
     """Solve the batch of problems; shapes ``z, a`` (B, n), ``b`` (B, m), ``eps`` (B,).
 
     With explicit target positions ``y`` ((B, m), or (B, m, d) for ``z`` (B, n, d): see
     :func:`._sinkhorn.solve`) the potentials ``f, g`` are differentiable too (implicitly,
-    like the plan) and ``y`` gets a gradient.
+    like the plan) and ``y`` gets a gradient; with ``fixed_targets`` (1-D ``y`` of
+    ``mask=``, constant) only the plan is, as without ``y``, forward mode included.
     """
     static = (backend, config)
     extra = () if y is None else (y,)
+    potentials = y is not None and not fixed_targets
     if config.implicit_diff:
-        wrapped = _differentiable_plan if y is None else _differentiable_transport
+        if y is None:
+            wrapped = _differentiable_plan
+        else:
+            wrapped = _differentiable_plan_targets if fixed_targets else _differentiable_transport
         outs = wrapped(backend)(static, z, a, b, eps, *extra)
     else:  # the framework differentiates through the iterations themselves
         outs = _fwd(static, z, a, b, eps, *extra)
     plan, f, g, errors, iterations, final_error = outs
     stop = backend.stop_gradient
-    if y is None:
+    if not potentials:
         f, g = stop(f), stop(g)
     return Transport(plan, f, g, stop(errors), iterations, stop(final_error))
 
 
-def transport_vjp(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any) -> tuple[Transport, Any]:
+def transport_vjp(
+    backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any, y: Any = None
+) -> tuple[Transport, Any]:
     """Eager forward plus a pull-back ``dL/dP -> (dL/dz, dL/da, dL/db)`` (for softsort.vjp).
 
-    epsilon is a Python float there (``softsort.vjp`` differentiates array inputs only).
+    epsilon is a Python float there (``softsort.vjp`` differentiates array inputs only);
+    ``y``: explicit target positions, as in :func:`transport`.
     """
     static = (backend, config)
-    inputs = (z, a, b, eps)
+    inputs = (z, a, b, eps) if y is None else (z, a, b, eps, y)
     outs = _fwd(static, *inputs)
 
     def pullback(d_plan: Any) -> tuple[Any, Any, Any]:
