@@ -85,10 +85,22 @@ class Lib(NamedTuple):
         return np.asarray(x)
 
 
+def _is_enabled(backend: Backend) -> bool:
+    return backend.value.split(":")[0] in _enabled() or backend.value in _enabled()
+
+
+#: The backends this session collects tests for. A backend not enabled is not collected at
+#: all (rather than collected and skipped: each session would otherwise report every other
+#: backend's tests as skipped). An enabled backend that is not installed is still collected
+#: and skips, saying so, so that a session never passes silently without its backend.
+ACTIVE = [b for b in Backend if _is_enabled(b)]
+
+
+def pytest_report_header() -> str:
+    return f"softsort backends: {', '.join(b.value for b in ACTIVE) or 'none'} (SOFTSORT_TEST_BACKENDS)"
+
+
 def _make_lib(backend: Backend) -> Lib:
-    name = backend.value.split(":")[0]
-    if name not in _enabled() and backend.value not in _enabled():
-        pytest.skip(f"backend {backend.value} not enabled by SOFTSORT_TEST_BACKENDS")
     mod = pytest.importorskip(backend.module)
     if backend is Backend.JAX:
         import jax
@@ -125,7 +137,7 @@ def _free_compiled_code() -> Any:
         jax.clear_caches()
 
 
-@pytest.fixture(params=list(Backend), ids=lambda b: b.value)
+@pytest.fixture(params=ACTIVE, ids=lambda b: b.value)
 def lib(request: pytest.FixtureRequest) -> Any:
     """Every enabled backend; under JAX, tagged functions run through ``jax.jit``."""
     lib = _make_lib(request.param)
