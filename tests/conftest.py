@@ -100,6 +100,27 @@ def pytest_report_header() -> str:
     return f"softsort backends: {', '.join(b.value for b in ACTIVE) or 'none'} (SOFTSORT_TEST_BACKENDS)"
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Collect a test marked ``backend(...)`` only in sessions that enable one of those backends.
+
+    The mark is for tests without the ``lib`` fixture (which parametrizes itself): NumPy-only
+    checks (subprocesses, the tutorial) would otherwise run again, unchanged, in every
+    backend's session, and framework-specific ones would be collected and skipped in others.
+    Unmarked tests without ``lib`` still run in every session.
+    """
+    keep, drop = [], []
+    for item in items:
+        mark = item.get_closest_marker("backend")
+        uses_lib = "lib" in getattr(item, "fixturenames", ())
+        if mark is None or uses_lib or any(name in _enabled() for name in mark.args):
+            keep.append(item)
+        else:
+            drop.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 def _make_lib(backend: Backend) -> Lib:
     mod = pytest.importorskip(backend.module)
     if backend is Backend.JAX:

@@ -12,6 +12,7 @@ import pytest
 
 import softsort
 
+pytestmark = pytest.mark.backend("jax")
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
 

@@ -120,6 +120,7 @@ def test_sort_stays_in_range_at_loose_threshold(lib):
     assert np.all(s <= xn.max(-1, keepdims=True) + 1e-9 * 100)
 
 
+@pytest.mark.backend("numpy")
 def test_block_bounded_by_max_iterations():
     """``inner_iterations`` beyond ``max_iterations`` runs at most ``max_iterations`` steps."""
     import time
@@ -150,6 +151,7 @@ def _fd_check(fun, w, direction, cot):
     assert abs(float((grad * direction).sum()) - fd) <= 1e-5 * (1 + abs(fd)), (float((grad * direction).sum()), fd)
 
 
+@pytest.mark.backend("torch")
 def test_torch_unrolled_gradient_of_weights_without_x_grad():
     """implicit_diff=False, x without grad, weights with: no in-place update of a saved tensor."""
     torch = pytest.importorskip("torch")
