@@ -1,6 +1,8 @@
 """Sessions: tests per backend, lint, OTT-JAX reference, docs, benchmark, GPU tests.
 
-`nox -t ci` runs what CI runs (README's test command). PyTorch is pinned to the CPU build
+`nox -t ci` is README's test command: every backend, operator and gradient, lint and the docs
+check, without the tests marked slow (a longer sweep of what the quick set checks). `.ci/run`
+runs it and then `nox -s tests-slow`, the slow set on every backend. PyTorch is pinned to the CPU build
 that the project's CI machine has on local disk (a plain `torch` would pull a multi-GB
 CUDA build); the user-facing `torch` extra stays a normal range in pyproject.toml.
 """
@@ -15,7 +17,10 @@ nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
 
 TORCH_CPU = "torch==2.13.0"
-PYTEST = ("pytest", "-q", "-p", "no:cacheprovider")
+PYTEST = ("pytest", "-q", "-p", "no:cacheprovider", "--durations=15")
+#: The ci sessions leave the slow set to `tests-slow` (a later `-m` in posargs overrides).
+QUICK = ("-m", "not slow")
+JAX_ENV = {"JAX_ENABLE_X64": "1", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
 
 
 def _install(session: nox.Session, *extra: str, extras: str = "test") -> None:
@@ -26,33 +31,28 @@ def _install(session: nox.Session, *extra: str, extras: str = "test") -> None:
 def tests_numpy(session: nox.Session) -> None:
     """NumPy backend (the default) plus import hygiene and doctests."""
     _install(session, extras="test,examples")
-    session.run(*PYTEST, "softsort", "tests", *session.posargs, env={"SOFTSORT_TEST_BACKENDS": "numpy"})
+    session.run(*PYTEST, *QUICK, "softsort", "tests", *session.posargs, env={"SOFTSORT_TEST_BACKENDS": "numpy"})
 
 
 @nox.session(name="tests-strict", tags=["ci"])
 def tests_strict(session: nox.Session) -> None:
     """array-api-strict, including its non-default and no-float64 devices."""
     _install(session)
-    session.run(*PYTEST, "tests", *session.posargs, env={"SOFTSORT_TEST_BACKENDS": "array_api_strict"})
+    session.run(*PYTEST, *QUICK, "tests", *session.posargs, env={"SOFTSORT_TEST_BACKENDS": "array_api_strict"})
 
 
 @nox.session(name="tests-jax", tags=["ci"])
 def tests_jax(session: nox.Session) -> None:
     """JAX in float64 (x64 enabled), jit/vmap/grad, two host CPU devices."""
     _install(session, "jax", "flax", "optax", extras="test,examples")
-    env = {
-        "SOFTSORT_TEST_BACKENDS": "jax",
-        "JAX_ENABLE_X64": "1",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-    }
-    session.run(*PYTEST, "tests", *session.posargs, env=env)
+    session.run(*PYTEST, *QUICK, "tests", *session.posargs, env={"SOFTSORT_TEST_BACKENDS": "jax", **JAX_ENV})
 
 
 @nox.session(name="tests-torch", tags=["ci"])
 def tests_torch(session: nox.Session) -> None:
     """PyTorch CPU: autograd, torch.func, dtypes."""
     _install(session, TORCH_CPU, extras="test,examples")
-    session.run(*PYTEST, "tests", *session.posargs, env={"SOFTSORT_TEST_BACKENDS": "torch"})
+    session.run(*PYTEST, *QUICK, "tests", *session.posargs, env={"SOFTSORT_TEST_BACKENDS": "torch"})
 
 
 @nox.session(name="tests-cross", tags=["ci"])
@@ -60,7 +60,18 @@ def tests_cross(session: nox.Session) -> None:
     """Agreement of values and gradients across NumPy, JAX and PyTorch in float64."""
     _install(session, "jax", TORCH_CPU)
     env = {"SOFTSORT_TEST_BACKENDS": "numpy,jax,torch", "JAX_ENABLE_X64": "1"}
-    session.run(*PYTEST, "tests/test_cross_backend.py", *session.posargs, env=env)
+    session.run(*PYTEST, *QUICK, "tests/test_cross_backend.py", *session.posargs, env=env)
+
+
+@nox.session(name="tests-slow")
+def tests_slow(session: nox.Session) -> None:
+    """The tests marked slow, on NumPy, array-api-strict, JAX (float64, two host devices) and PyTorch.
+
+    Not tagged ci: README's test command stays within its time; `.ci/run` runs this after it.
+    """
+    _install(session, "jax", "flax", "optax", TORCH_CPU, extras="test,examples")
+    env = {"SOFTSORT_TEST_BACKENDS": "numpy,array_api_strict,jax,torch", **JAX_ENV}
+    session.run(*PYTEST, "-m", "slow", "tests", *session.posargs, env=env)
 
 
 @nox.session(name="tests-gpu")
@@ -73,10 +84,15 @@ def tests_gpu(session: nox.Session) -> None:
 
 @nox.session(tags=["ci"])
 def lint(session: nox.Session) -> None:
-    """ruff check and ruff format --check."""
-    session.install("ruff==0.17.6")
+    """ruff check, ruff format --check, and mypy --strict on softsort/ ([tool.mypy] in pyproject.toml).
+
+    mypy sees the package's own dependencies (NumPy's types); jax, torch and cupy are not
+    installed here and are typed Any (pyproject.toml says why).
+    """
+    session.install("ruff==0.17.6", "mypy==2.4.1", "-e", ".")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("mypy")
 
 
 @nox.session

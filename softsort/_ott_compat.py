@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import Any, cast
 
 #: OTT-JAX keywords that are handled here (softsort's own options pass through untouched).
 OTT_KEYWORDS = (
@@ -67,10 +67,10 @@ def _momentum(fname: str, momentum: Any) -> Any:
     if not all(hasattr(momentum, attr) for attr in _MOMENTUM_ATTRS):
         return momentum  # softsort's own value ("adaptive" or a number): checked by options()
     start, value, error_threshold = momentum.start, momentum.value, momentum.error_threshold
-    if _is_bool(start) or not isinstance(start, numbers.Integral) or start < 0:
+    if _is_bool(start) or not isinstance(start, numbers.Integral) or int(start) < 0:
         msg = f"{fname}() option 'momentum': OTT-JAX Momentum.start must be an integer >= 0, got {_short(start)}"
         raise ValueError(msg)
-    if _is_bool(value) or not isinstance(value, numbers.Real) or not 1.0 <= value < 2.0:
+    if _is_bool(value) or not isinstance(value, numbers.Real) or not 1.0 <= cast(float, value) < 2.0:
         msg = (
             f"{fname}() option 'momentum': Momentum(value={value!r}) is not supported; softsort over-relaxes "
             "by a factor in [1, 2) (1 = plain Sinkhorn): pass momentum=<factor in [1, 2)> or momentum='adaptive'"
@@ -85,7 +85,9 @@ def _momentum(fname: str, momentum: Any) -> Any:
             "throughout) or momentum='adaptive' (softsort's adaptive factor)"
         )
         raise ValueError(msg)
-    if not (isinstance(error_threshold, numbers.Real) and math.isinf(error_threshold) and error_threshold > 0):
+    if not (
+        isinstance(error_threshold, numbers.Real) and math.isinf(error_threshold) and cast(float, error_threshold) > 0
+    ):
         msg = (
             f"{fname}() option 'momentum': Momentum(error_threshold={error_threshold!r}) is not supported; "
             "softsort's adaptive factor starts after its second convergence check: pass momentum='adaptive'"

@@ -11,7 +11,8 @@ import numbers
 import operator
 import os
 import sys
-from typing import Any
+import types
+from typing import Any, cast
 
 from . import _compat, _ott_compat
 from ._core._config import ACCELERATE_BELOW, SolverConfig, smallest_epsilon
@@ -118,6 +119,7 @@ def placement(x: Any) -> Any:
 def stacklevel() -> int:
     """``stacklevel`` for ``warnings.warn`` called here that points at the first frame outside softsort."""
     package = os.path.dirname(os.path.abspath(__file__))
+    frame: types.FrameType | None
     frame, level = sys._getframe(1), 1  # the caller of stacklevel() is level 1 of its warn
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
         frame, level = frame.f_back, level + 1
@@ -138,12 +140,12 @@ def integer(fname: str, name: str, value: Any, kind: str = "an integer") -> int:
 
 def as_int(fname: str, name: str, value: Any, low: int, high: int | None = None) -> int:
     """A Python integer in ``[low, high]``."""
-    value = integer(fname, name, value)
-    if value < low or (high is not None and value > high):
+    number = integer(fname, name, value)
+    if number < low or (high is not None and number > high):
         bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-        msg = f"{fname}() argument {name!r} must be {bound}, got {value}"
+        msg = f"{fname}() argument {name!r} must be {bound}, got {number}"
         raise ValueError(msg)
-    return value
+    return number
 
 
 def axes(fname: str, axis: Any, ndim: int, allow_tuple: bool = False) -> tuple[int, ...]:
@@ -158,7 +160,7 @@ def axes(fname: str, axis: Any, ndim: int, allow_tuple: bool = False) -> tuple[i
             kind = "an integer or a tuple of integers" if allow_tuple else "an integer"
             msg = f"{fname}() argument 'axis' must be {kind}, got {_short(axis)}"
             raise TypeError(msg)
-        if not -ndim <= a < ndim:
+        if not -ndim <= int(a) < ndim:
             msg = f"{fname}() argument 'axis' = {axis!r} is out of range for an array of {ndim} dimension(s)"
             raise ValueError(msg)
         out.append(int(a) % ndim)
@@ -246,7 +248,7 @@ def options(fname: str, given: dict[str, Any]) -> tuple[Any, Any, SolverConfig]:
     if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
         msg = f"{fname}() option 'threshold' must be a number, got {_short(threshold)}"
         raise TypeError(msg)
-    if not (math.isfinite(threshold) and threshold > 0):
+    if not (math.isfinite(threshold) and cast(float, threshold) > 0):
         msg = f"{fname}() option 'threshold' must be finite and > 0, got {threshold!r}"
         raise ValueError(msg)
     max_it = as_int(fname, "max_iterations", merged["max_iterations"], 1)
@@ -265,7 +267,8 @@ def options(fname: str, given: dict[str, Any]) -> tuple[Any, Any, SolverConfig]:
         if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
             msg = f"{fname}() option 'momentum' must be 'adaptive' or a number in [1, 2), got {_short(momentum)}"
             raise TypeError(msg)
-        if not 1.0 <= momentum < 2.0:
+        # (cast: a numbers.Real compares as a float does; typeshed's Real declares no comparisons)
+        if not 1.0 <= cast(float, momentum) < 2.0:
             msg = f"{fname}() option 'momentum' must be in [1, 2) (1 = plain Sinkhorn), got {momentum!r}"
             raise ValueError(msg)
         momentum = float(momentum)
@@ -274,10 +277,11 @@ def options(fname: str, given: dict[str, Any]) -> tuple[Any, Any, SolverConfig]:
         msg = f"{fname}() option 'init' must be one of {_INITS}, got {_short(init)}"
         raise ValueError(msg)
     if isinstance(epsilon, numbers.Real) and not isinstance(epsilon, bool):
+        number = cast(float, epsilon)  # compared, never converted: a huge int is refused later
         # Decided here for a number; for an array epsilon the solver decides per problem.
         if init == "auto":
-            init = "dual" if epsilon < ACCELERATE_BELOW else "zeros"
-        if momentum == "adaptive" and epsilon >= ACCELERATE_BELOW:
+            init = "dual" if number < ACCELERATE_BELOW else "zeros"
+        if momentum == "adaptive" and number >= ACCELERATE_BELOW:
             momentum = 1.0  # what the adaptive rule picks there; known plain, the steps are cheaper
     budget = as_int(fname, "memory_budget", merged["memory_budget"], 1)
     config = SolverConfig(
@@ -330,7 +334,7 @@ def epsilon_array(fname: str, backend: Any, epsilon: Any, dtype: Any, dev: Any) 
         try:
             value = float(epsilon)
         except OverflowError:  # a Python int beyond float64
-            bits = int(epsilon).bit_length()
+            bits = cast(int, math.trunc(epsilon)).bit_length()
             msg = f"{fname}() option 'epsilon' must be finite and > 0, got an integer of {bits} bits"
             raise ValueError(msg) from None
         if not (math.isfinite(value) and value > 0):

@@ -85,10 +85,43 @@ class Lib(NamedTuple):
         return np.asarray(x)
 
 
+def _is_enabled(backend: Backend) -> bool:
+    return backend.value.split(":")[0] in _enabled() or backend.value in _enabled()
+
+
+#: The backends this session collects tests for. A backend not enabled is not collected at
+#: all (rather than collected and skipped: each session would otherwise report every other
+#: backend's tests as skipped). An enabled backend that is not installed is still collected
+#: and skips, saying so, so that a session never passes silently without its backend.
+ACTIVE = [b for b in Backend if _is_enabled(b)]
+
+
+def pytest_report_header() -> str:
+    return f"softsort backends: {', '.join(b.value for b in ACTIVE) or 'none'} (SOFTSORT_TEST_BACKENDS)"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Collect a test marked ``backend(...)`` only in sessions that enable one of those backends.
+
+    The mark is for tests without the ``lib`` fixture (which parametrizes itself): NumPy-only
+    checks (subprocesses, the tutorial) would otherwise run again, unchanged, in every
+    backend's session, and framework-specific ones would be collected and skipped in others.
+    Unmarked tests without ``lib`` still run in every session.
+    """
+    keep, drop = [], []
+    for item in items:
+        mark = item.get_closest_marker("backend")
+        uses_lib = "lib" in getattr(item, "fixturenames", ())
+        if mark is None or uses_lib or any(name in _enabled() for name in mark.args):
+            keep.append(item)
+        else:
+            drop.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 def _make_lib(backend: Backend) -> Lib:
-    name = backend.value.split(":")[0]
-    if name not in _enabled() and backend.value not in _enabled():
-        pytest.skip(f"backend {backend.value} not enabled by SOFTSORT_TEST_BACKENDS")
     mod = pytest.importorskip(backend.module)
     if backend is Backend.JAX:
         import jax
@@ -125,7 +158,7 @@ def _free_compiled_code() -> Any:
         jax.clear_caches()
 
 
-@pytest.fixture(params=list(Backend), ids=lambda b: b.value)
+@pytest.fixture(params=ACTIVE, ids=lambda b: b.value)
 def lib(request: pytest.FixtureRequest) -> Any:
     """Every enabled backend; under JAX, tagged functions run through ``jax.jit``."""
     lib = _make_lib(request.param)

@@ -134,6 +134,7 @@ def test_quantile_level_rounding_to_one_says_so(lib: Lib) -> None:
 
 
 @pytest.mark.parametrize("name", ["x", "epsilon", "targets"])
+@pytest.mark.backend("numpy")
 def test_masked_array_refused(name: str) -> None:
     x = np.ma.masked_array(X5, mask=[0, 1, 0, 0, 0])
     x[1] = np.nan  # under the mask: np.ma's reductions would skip it
@@ -271,7 +272,10 @@ def test_float16_transport_result_dtypes(lib: Lib) -> None:
 
 
 # -- PyTorch: meta tensors, eager torch.func.grad -----------------------------------------------------
-torch_only = pytest.mark.skipif(not available("torch"), reason="torch not enabled")
+
+
+def torch_only(test):
+    return pytest.mark.backend("torch")(pytest.mark.skipif(not available("torch"), reason="torch not enabled")(test))
 
 
 @torch_only

@@ -44,6 +44,7 @@ def test_rows_equal_rows_solved_alone(lib: Lib) -> None:
         np.testing.assert_allclose(ranks[r], lib.to_numpy(softsort.ranks(lib.asarray(x[r]), **kw)), atol=1e3 * tol)
 
 
+@pytest.mark.backend("numpy")
 def test_compaction_levels(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each level keeps an eighth of the rows, and only rows that still run are moved."""
     sizes: list[int] = []

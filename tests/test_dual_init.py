@@ -74,6 +74,7 @@ def test_exact_dual_is_optimal(lib: Lib, name: str, z: np.ndarray, a: np.ndarray
         np.testing.assert_allclose(value, w2_squared(z[row], a[row], y, b[row]), atol=tol)
 
 
+@pytest.mark.backend("numpy")
 def test_ties_take_the_midpoint() -> None:
     """Uniform n = m: every handover is a tie; the start is the mean of the two extreme duals."""
     z = np.array([[0.1, 0.45, 0.5, 0.9]])
@@ -101,6 +102,7 @@ def test_same_fixed_point_from_either_start(lib: Lib, epsilon: float) -> None:
 
 
 @pytest.mark.parametrize(("n", "epsilon"), [(10, 1e-3), (10, 1e-4), (100, 1e-3), (100, 1e-4)])
+@pytest.mark.backend("numpy")
 def test_dual_start_cuts_iterations(n: int, epsilon: float) -> None:
     x = np.random.default_rng(2).normal(size=(4, n))
     kw = {"epsilon": epsilon, "max_iterations": 20000}
@@ -109,6 +111,7 @@ def test_dual_start_cuts_iterations(n: int, epsilon: float) -> None:
     assert np.all(fast <= plain / 5), (fast, plain)
 
 
+@pytest.mark.backend("numpy")
 def test_auto_start_follows_epsilon() -> None:
     """``init="auto"``: zeros (OTT-JAX's path) from 5e-3 up, the exact dual below."""
     x = np.random.default_rng(4).normal(size=(2, 15))

@@ -294,12 +294,14 @@ def test_nan_criterion_error_names_criterion(lib: Lib) -> None:
         softsort.sort_with(x, lib.asarray([1.0, np.nan, 2.0, 3.0, 4.0]))
 
 
+@pytest.mark.backend("numpy")
 def test_nan_criterion_error_names_criterion_not_x() -> None:
     x = np.asarray(X5)
     with pytest.raises(ValueError, match="'criterion'"):
         softsort.sort_with(x, np.array([1.0, np.nan, 2.0, 3.0, 4.0]))
 
 
+@pytest.mark.backend("torch")
 def test_torch_nan_with_requires_grad_raises() -> None:
     if not available("torch"):
         pytest.skip("backend torch not enabled by SOFTSORT_TEST_BACKENDS")
@@ -326,6 +328,7 @@ def _jit_values(jax, fun, *args):
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("name", ["sort", "ranks", "topk_mask", "quantile", "quantize"])
+@pytest.mark.backend("jax")
 def test_jit_non_finite_input_gives_nan(jax_x64, name: str, bad: float) -> None:
     """Under jax.jit a NaN/inf input cannot raise; every output is NaN (no exception, no hang)."""
     jax, _ = jax_x64
@@ -338,6 +341,7 @@ def test_jit_non_finite_input_gives_nan(jax_x64, name: str, bad: float) -> None:
 
 
 @pytest.mark.parametrize("q", [1.5, 0.0, 1.0, -0.5, np.nan])
+@pytest.mark.backend("jax")
 def test_jit_quantile_level_out_of_range_gives_nan(jax_x64, q: float) -> None:
     jax, _ = jax_x64
     x = jax.numpy.asarray(X5)
@@ -348,6 +352,7 @@ def test_jit_quantile_level_out_of_range_gives_nan(jax_x64, q: float) -> None:
     assert np.all(np.isnan(both))
 
 
+@pytest.mark.backend("jax")
 def test_jit_quantile_bad_weight_gives_nan(jax_x64) -> None:
     jax, _ = jax_x64
     out = _jit_values(jax, lambda a, w: softsort.quantile(a, 0.5, weight=w), jax.numpy.asarray(X5), -1.0)
@@ -355,18 +360,21 @@ def test_jit_quantile_bad_weight_gives_nan(jax_x64) -> None:
 
 
 @pytest.mark.parametrize("eps", [0.0, np.nan, np.inf])
+@pytest.mark.backend("jax")
 def test_jit_invalid_epsilon_gives_nan(jax_x64, eps: float) -> None:
     jax, _ = jax_x64
     out = _jit_values(jax, lambda a, e: softsort.sort(a, epsilon=e), jax.numpy.asarray(X5), eps)
     assert np.all(np.isnan(out))
 
 
+@pytest.mark.backend("jax")
 def test_jit_negative_epsilon_gives_nan(jax_x64) -> None:
     jax, _ = jax_x64
     out = _jit_values(jax, lambda a, e: softsort.sort(a, epsilon=e), jax.numpy.asarray(X5), -1.0)
     assert np.all(np.isnan(out))
 
 
+@pytest.mark.backend("jax")
 def test_jit_negative_target_weights_give_nan(jax_x64) -> None:
     jax, _ = jax_x64
     out = _jit_values(
@@ -375,6 +383,7 @@ def test_jit_negative_target_weights_give_nan(jax_x64) -> None:
     assert np.all(np.isnan(out))
 
 
+@pytest.mark.backend("jax")
 def test_jit_unnormalized_target_weights_flagged(jax_x64) -> None:
     jax, _ = jax_x64
     out = _jit_values(
@@ -383,6 +392,7 @@ def test_jit_unnormalized_target_weights_flagged(jax_x64) -> None:
     assert np.all(np.isnan(out))
 
 
+@pytest.mark.backend("jax")
 def test_jit_unsorted_targets_not_checked(jax_x64) -> None:
     """Documented: traced ``targets`` are not checked for order; the output is finite (garbage in, out)."""
     jax, _ = jax_x64
@@ -446,6 +456,7 @@ def test_converged_rows_stop_early_and_flag_per_row(lib: Lib) -> None:
 
 
 @pytest.mark.parametrize("max_iterations", [7, 13])
+@pytest.mark.backend("jax")
 def test_jit_reports_non_convergence_by_flag(jax_x64, max_iterations: int) -> None:
     jax, _ = jax_x64
     x = jax.numpy.asarray(rng().normal(size=(2, 20)))

@@ -8,9 +8,12 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.backend("numpy")
 def test_import_and_numpy_call_import_no_framework() -> None:
     code = (
         "import sys, numpy as np, softsort\n"
@@ -25,6 +28,7 @@ def test_import_and_numpy_call_import_no_framework() -> None:
     assert out.stdout.strip() == ""
 
 
+@pytest.mark.backend("numpy")
 def test_public_names() -> None:
     import softsort
 

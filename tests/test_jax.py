@@ -10,7 +10,7 @@ import pytest
 import softsort
 from conftest import available
 
-pytestmark = pytest.mark.skipif(not available("jax"), reason="JAX backend not enabled")
+pytestmark = [pytest.mark.backend("jax"), pytest.mark.skipif(not available("jax"), reason="JAX backend not enabled")]
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
 

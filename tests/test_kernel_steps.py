@@ -89,6 +89,7 @@ def test_first_kernel_rows_and_columns(lib: Lib) -> None:
     assert np.all(k >= floor * (1 - rtol))
 
 
+@pytest.mark.backend("numpy")
 def test_numpy_floored_exp_in_place() -> None:
     backend = get_backend(array_namespace(np.zeros(1)))
     d = np.array([[0.0, 1.0, 200.0], [np.nan, -1.0, 50.0]], dtype=np.float32)
@@ -103,6 +104,7 @@ def test_numpy_floored_exp_in_place() -> None:
 
 
 @pytest.mark.skipif(not available("torch"), reason="PyTorch backend not enabled")
+@pytest.mark.backend("torch")
 def test_torch_split_products(monkeypatch: pytest.MonkeyPatch) -> None:
     """Row blocks per thread give the products of the whole matrix, and only where they may."""
     torch = pytest.importorskip("torch")

@@ -318,6 +318,7 @@ def test_errors(lib: Lib) -> None:
 @pytest.mark.reference
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # lineax's NormalCG, inside OTT-JAX's backward
 @pytest.mark.parametrize("epsilon", [None, 0.05])
+@pytest.mark.backend("jax")
 def test_agrees_with_ott(epsilon: float | None) -> None:
     # Same reference sample (OTT's sampler and key), uniform weights, tight threshold: the
     # maps and the gradient of both with respect to the inputs agree (float64).

@@ -268,6 +268,7 @@ def test_memory_budget_chunks_the_batch(lib: Lib) -> None:
     assert t.iterations.shape == (9,)
 
 
+@pytest.mark.backend("numpy")
 def test_memory_budget_chunks_the_vjp() -> None:
     x = sample(12, (9,), seed=12)
     cot = sample(12, (9,), seed=13)

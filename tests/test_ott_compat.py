@@ -297,6 +297,7 @@ def test_apply_on_axis_errors(lib: Lib) -> None:
 
 
 # -- the real OTT-JAX objects, where installed --------------------------------------------------
+@pytest.mark.backend("jax")
 def test_real_ott_objects() -> None:
     acceleration = pytest.importorskip("ott.solvers.linear.acceleration")
     implicit_lib = pytest.importorskip("ott.solvers.linear.implicit_differentiation")

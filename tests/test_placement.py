@@ -11,7 +11,7 @@ import pytest
 import softsort
 from conftest import available
 
-pytestmark = pytest.mark.skipif(not available("jax"), reason="jax not enabled")
+pytestmark = [pytest.mark.backend("jax"), pytest.mark.skipif(not available("jax"), reason="jax not enabled")]
 
 
 @pytest.fixture

@@ -8,7 +8,10 @@ import pytest
 import softsort
 from conftest import available
 
-pytestmark = pytest.mark.skipif(not available("torch"), reason="PyTorch backend not enabled")
+pytestmark = [
+    pytest.mark.backend("torch"),
+    pytest.mark.skipif(not available("torch"), reason="PyTorch backend not enabled"),
+]
 torch = pytest.importorskip("torch")
 
 X = torch.asarray(np.random.default_rng(0).normal(size=(4, 12)))

@@ -17,6 +17,9 @@ from softsort import __main__ as cli
 from softsort.tutorial import _deps, data, demo, training
 from softsort.tutorial.data import IDXError, read_idx, write_idx
 
+# The tutorial's own code is NumPy; the tests that train or tabulate with a framework say which.
+pytestmark = pytest.mark.backend("numpy")
+
 
 # -- IDX parser ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64])
@@ -171,7 +174,7 @@ def test_operator_table_numpy():
     assert "top-5 of 1000 uniform" in text
 
 
-@pytest.mark.parametrize("backend", ["jax", "torch"])
+@pytest.mark.parametrize("backend", [pytest.param(b, marks=pytest.mark.backend(b)) for b in ("jax", "torch")])
 def test_operator_table_backends(backend):
     pytest.importorskip(backend)
     ref = demo.operator_table("numpy")
@@ -246,7 +249,7 @@ def _check_metrics(metrics, losses):
         assert c["wall_time_s"] > 0
 
 
-@pytest.mark.parametrize("framework", ["jax", "torch"])
+@pytest.mark.parametrize("framework", [pytest.param(f, marks=pytest.mark.backend(f)) for f in ("jax", "torch")])
 def test_train_one_epoch(tmp_path, framework, capsys, monkeypatch):
     """One epoch per loss, with the progress bar: it is drawn before the model is built and
     compiled (that preparation is its first step), and ends on the final evaluation's accuracy."""
@@ -291,6 +294,7 @@ def test_train_one_epoch(tmp_path, framework, capsys, monkeypatch):
         assert metrics[loss]["prepare_time_s"] > 0
 
 
+@pytest.mark.backend("jax", "torch")
 def test_soft_error_loss_agrees_across_frameworks():
     rng = np.random.default_rng(1)
     logits = rng.standard_normal((16, 10)).astype(np.float32)
@@ -314,6 +318,7 @@ def test_soft_error_loss_agrees_across_frameworks():
         assert float(got) == pytest.approx(ref, rel=1e-3, abs=1e-4)
 
 
+@pytest.mark.backend("torch")
 def test_train_cli_mnist(tmp_path, capsys, monkeypatch):
     pytest.importorskip("torch")
     pytest.importorskip("matplotlib")

@@ -40,7 +40,10 @@ def _dense_solve(xp: Any, mat: Any, rhs: Any) -> Any:
 def _cg_solve(backend: Any, config: SolverConfig, matvec: Any, diag: Any, rhs: Any) -> Any:
     """Jacobi-preconditioned conjugate gradients, batched, jit-safe (fixed-shape state)."""
     xp = backend.xp
-    dot = lambda p, q: xp.sum(p * q, axis=-1, keepdims=True)
+
+    def dot(p: Any, q: Any) -> Any:
+        return xp.sum(p * q, axis=-1, keepdims=True)
+
     x = xp.zeros_like(rhs)
     r = rhs
     zr = r / diag

@@ -222,7 +222,8 @@ def _spread_masked(prepare: Callable[..., Prepared]) -> Operator:
         return mk.spread(xp, plan, *aux)
 
     def readout_vjp(xp: Any, plan: Any, values: Any, b: Any, aux: Any, cot: Any) -> Any:
-        return mk.spread_vjp(xp, plan, *aux, cot), None
+        levels, factor, valid = aux
+        return mk.spread_vjp(xp, plan, levels, factor, valid, cot), None
 
     return Operator(prepare, readout, readout_vjp)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from .._compat import device
 from ._config import ACCELERATE_BELOW, SolverConfig
@@ -266,10 +266,10 @@ def _iterate(backend: Any, config: SolverConfig, rows: _Rows, state: _State, lev
         return s._replace(kernel=None)
 
     if not config.implicit_diff:  # differentiated through: one loop autodiff can reverse
-        return backend.bounded_while_loop(cond, body, state, config.num_checks - 1)
+        return cast(_State, backend.bounded_while_loop(cond, body, state, config.num_checks - 1))
     keep = rows.a.shape[0] // COMPACT_FACTOR
     if keep < 1 or levels == 0 or rows.a.shape[0] * rows.a.shape[-1] * rows.b.shape[-1] < COMPACT_MIN_SIZE:
-        return backend.while_loop(cond, body, state)
+        return cast(_State, backend.while_loop(cond, body, state))
 
     def cond_many(s: _State) -> Any:
         count = xp.sum(xp.astype(_running(config, s), xp.int32))
@@ -280,7 +280,7 @@ def _iterate(backend: Any, config: SolverConfig, rows: _Rows, state: _State, lev
     def compacted(s: _State) -> _State:
         return _compacted(backend, config, rows, s, keep, levels - 1)
 
-    return backend.cond(cond(state), compacted, done, state)
+    return cast(_State, backend.cond(cond(state), compacted, done, state))
 
 
 def _compacted(backend: Any, config: SolverConfig, rows: _Rows, state: _State, keep: int, levels: int) -> _State:
@@ -595,7 +595,7 @@ def _absorb_large(
         kernel = xp.where(row[..., None], gibbs(f, g), kernel)
         return f, g, xp.where(row, xp.zeros_like(log_u), log_u), xp.where(row, xp.zeros_like(log_v), log_v), kernel
 
-    return backend.cond(xp.any(big), absorb, lambda ops: ops, (f, g, log_u, log_v, kernel))
+    return cast(tuple[Any, ...], backend.cond(xp.any(big), absorb, lambda ops: ops, (f, g, log_u, log_v, kernel)))
 
 
 #: Highest over-relaxation the adaptive rule picks (2 is the limit of convergence).

@@ -56,7 +56,8 @@ class _Plan(torch.autograd.Function):
             x = x.expand(size, *x.shape) if dim is None else x.movedim(dim, 0)
             folded.append(x.reshape(size * x.shape[1], *x.shape[2:]))
         outputs = _Plan.apply(rules, nout, static, *folded)
-        unfolded, out_dims = [], []
+        unfolded: list[Any] = []
+        out_dims: list[int | None] = []
         for o in outputs:
             if o.ndim == 0:  # the iteration count: one for the whole folded batch
                 unfolded.append(o)

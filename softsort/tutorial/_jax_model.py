@@ -29,7 +29,9 @@ def make_cnn(num_classes: int) -> Any:
     """
     nn = require("flax.linen")
 
-    class CNN(nn.Module):
+    module: Any = nn.Module  # a runtime class of an untyped framework
+
+    class CNN(module):
         @nn.compact
         def __call__(self, x: Any) -> Any:
             x = nn.avg_pool(nn.relu(nn.Conv(32, (3, 3))(x)), (2, 2), strides=(2, 2))

@@ -35,7 +35,9 @@ def make_cnn(num_classes: int, image_shape: tuple[int, ...]) -> Any:
     nn = torch.nn
     h, w = image_shape[0] // 4, image_shape[1] // 4
 
-    class CNN(nn.Module):
+    module: Any = nn.Module  # a runtime class of an untyped framework
+
+    class CNN(module):
         def __init__(self) -> None:
             super().__init__()
             self.features = nn.Sequential(

@@ -227,7 +227,7 @@ def load_photo(downsample: int = 4) -> np.ndarray:
     rgb = datasets.load_sample_image("china.jpg").astype(np.float64) / 255.0
     gray = rgb @ np.array([0.299, 0.587, 0.114])
     h, w = (s // downsample * downsample for s in gray.shape)
-    return gray[:h, :w].reshape(h // downsample, downsample, w // downsample, downsample).mean(axis=(1, 3))
+    return np.asarray(gray[:h, :w].reshape(h // downsample, downsample, w // downsample, downsample).mean(axis=(1, 3)))
 
 
 def salt_and_pepper(image: np.ndarray, fraction: float = 0.1, seed: int = 0) -> np.ndarray:
@@ -248,7 +248,7 @@ def salt_and_pepper(image: np.ndarray, fraction: float = 0.1, seed: int = 0) -> 
         The noisy copy.
     """
     rng = np.random.default_rng(seed)
-    noisy = image.copy()
+    noisy: np.ndarray = image.copy()
     hit = rng.random(image.shape) < fraction
     noisy[hit] = rng.integers(0, 2, size=int(hit.sum())).astype(image.dtype)
     return noisy
@@ -284,7 +284,7 @@ def soft_median_filter(image: np.ndarray, epsilon: float, size: int = 3, **optio
     padded = np.pad(image, r, mode="symmetric")  # = scipy.ndimage's "reflect"
     patches = np.lib.stride_tricks.sliding_window_view(padded, (size, size))
     patches = patches.reshape(*image.shape, size * size)
-    return softsort.quantile(patches, 0.5, axis=-1, epsilon=epsilon, **options)[..., 0]
+    return np.asarray(softsort.quantile(patches, 0.5, axis=-1, epsilon=epsilon, **options)[..., 0])
 
 
 def median_filters(
