@@ -25,7 +25,7 @@ def _install(session: nox.Session, *extra: str, extras: str = "test") -> None:
 @nox.session(name="tests-numpy", tags=["ci"])
 def tests_numpy(session: nox.Session) -> None:
     """NumPy backend (the default) plus import hygiene and doctests."""
-    _install(session, extras="test,examples")
+    _install(session, extras="test,examples,dask")
     session.run(*PYTEST, "softsort", "tests", *session.posargs, env={"SOFTSORT_TEST_BACKENDS": "numpy"})
 
 
