@@ -87,6 +87,13 @@ def _run_child(kind: str, args: argparse.Namespace) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _autogroup() -> str:
+    try:
+        return "on" if pathlib.Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1" else "off"
+    except OSError:
+        return "unknown"
+
+
 def _rst(report: dict) -> str:
     r = report
     rows = [
@@ -97,7 +104,11 @@ def _rst(report: dict) -> str:
         ("all times, NumPy (s)", ", ".join(f"{t:.2f}" for t in r["numpy_s"])),
         ("all times, Dask (s)", ", ".join(f"{t:.2f}" for t in r["dask_s"])),
         ("cluster start and data placement, not timed (s)", ", ".join(f"{t:.1f}" for t in r["dask_setup_s"])),
-        ("machine", f"{r['cpus']} CPUs; load average {r['load_start']} at start, {r['load_end']} at end"),
+        (
+            "machine",
+            f"{r['cpus']} CPUs; load average {r['load_start']} at start, {r['load_end']} at end; "
+            f"scheduler autogroup {r['autogroup']}",
+        ),
         ("measured", f"{r['date']} with ``{r['command']}``"),
     ]
     lines = [".. list-table::", "   :header-rows: 0", ""]
@@ -154,6 +165,9 @@ def main() -> None:
         "load_start": load_start,
         "load_end": ", ".join(f"{v:.1f}" for v in os.getloadavg()),
         "threads_per_process": 1,
+        # With autogroup on, a busy machine gives each session (this script and all its
+        # processes) one share of the CPUs: two workers then cannot get more than NumPy's one.
+        "autogroup": _autogroup(),
         "python": platform.python_version(),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "command": command,
