@@ -30,7 +30,7 @@ def test_dask_example() -> None:
     pytest.importorskip("distributed")
     out = run("dask_quantile_normalization.py", "--rows", "400", "--cols", "10")
     distance = float(out.split("mean distance to the targets:")[1].split()[0])
-    assert distance < 0.05, out
+    assert distance < 0.1, out  # targets 0.444 apart
 
 
 @pytest.mark.slow
@@ -42,7 +42,7 @@ def test_jax_sharding_example() -> None:
     lines = {line.split()[0]: line for line in out.splitlines() if "rows per device" in line}
     assert set(lines) == {"eager", "gradient", "shard_map"}, out
     for line in lines.values():
-        assert "PartitionSpec('batch'" in line, out
+        assert "P('batch'" in line, out
         assert line.endswith("rows per device [8, 8]"), out
     assert "agree: True" in out, out
 
