@@ -30,7 +30,7 @@ def test_dask_example() -> None:
     pytest.importorskip("distributed")
     out = run("dask_quantile_normalization.py", "--rows", "400", "--cols", "10")
     distance = float(out.split("mean distance to the targets:")[1].split()[0])
-    assert distance < 0.1, out  # targets 0.444 apart
+    assert distance < 0.1, out  # a fraction of the targets' spacing
 
 
 @pytest.mark.slow
