@@ -133,6 +133,9 @@ def test_argument_errors_at_call_time_value_errors_at_compute() -> None:
         softsort.sort_with(x, CRIT[:, :3])
     with pytest.raises(TypeError, match="no_such_option"):
         softsort.ranks(x, no_such_option=1)
+    unknown = x[x[:, 0, 0] > 0]  # rows selected by value: sizes unknown until computed
+    with pytest.raises(ValueError, match="compute_chunk_sizes"):
+        assert_lazy(lambda: softsort.ranks(unknown))
     bad = assert_lazy(lambda: softsort.ranks(da.from_array(np.array([[1.0, np.nan, 2.0]]))))
     with pytest.raises(ValueError, match="finite"):
         bad.compute(scheduler="sync")

@@ -57,6 +57,12 @@ class _Plan:
             kind = bound.signature.parameters[key].kind
             named.update(value if kind is inspect.Parameter.VAR_KEYWORD else {key: value})
         x = _as_dask(named.pop(next(iter(bound.signature.parameters))))
+        if any(math.isnan(s) for s in x.shape):
+            msg = (
+                f"{self.fname}() needs the chunk sizes of its dask input, got shape {x.shape}; "
+                "call x.compute_chunk_sizes() first"
+            )
+            raise ValueError(msg)
         if self.fname == "sort_with":
             # x (..., n, d) is sorted by criterion (..., n): the frame of per-element arrays.
             crit = _criterion(x, named.get("criterion"))
