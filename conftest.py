@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 
 collect_ignore = [
-    f"softsort/backends/_{name}.py" for name in ("jax", "torch", "cupy") if importlib.util.find_spec(name) is None
+    f"softsort/backends/_{name}.py"
+    for name in ("jax", "torch", "cupy", "dask")
+    if importlib.util.find_spec(name) is None
 ]
 collect_ignore.append("softsort/__main__.py")

@@ -30,7 +30,7 @@ def _install(session: nox.Session, *extra: str, extras: str = "test") -> None:
 @nox.session(name="tests-numpy", tags=["ci"])
 def tests_numpy(session: nox.Session) -> None:
     """NumPy backend (the default) plus import hygiene and doctests."""
-    _install(session, extras="test,examples")
+    _install(session, extras="test,examples,dask")
     session.run(*PYTEST, *QUICK, "softsort", "tests", *session.posargs, env={"SOFTSORT_TEST_BACKENDS": "numpy"})
 
 
@@ -69,7 +69,7 @@ def tests_slow(session: nox.Session) -> None:
 
     Not tagged ci: README's test command stays within its time; `.ci/run` runs this after it.
     """
-    _install(session, "jax", "flax", "optax", TORCH_CPU, extras="test,examples")
+    _install(session, "jax", "flax", "optax", TORCH_CPU, extras="test,examples,dask")
     env = {"SOFTSORT_TEST_BACKENDS": "numpy,array_api_strict,jax,torch", **JAX_ENV}
     session.run(*PYTEST, "-m", "slow", "tests", *session.posargs, env=env)
 

@@ -5,6 +5,7 @@ Everything here is about shapes, dtypes and messages; the math is in :mod:`softs
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -1051,3 +1052,29 @@ def vjp(fun: Callable[..., Any], x: Any, /, *args: Any, **kwargs: Any) -> tuple[
         return grad
 
     return user_out, vjp_fn
+
+
+# -- lazy arrays: a call with a dask array goes whole to backends/_dask.py ----------------------
+# Kept apart from the operators above: every keyword passes through unchanged, so options
+# added to an operator work on dask arrays too (array-valued ones are split with the rows).
+def _dask_aware(fun: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fun)
+    def routed(*args: Any, **kwargs: Any) -> Any:
+        if _compat.any_dask_array(args, kwargs):
+            from .backends import _dask
+
+            if fun is _vjp_eager and len(args) >= 2:
+                return _dask.vjp(routed, args[0], args[1], args[2:], kwargs)
+            return _dask.call(routed, args, kwargs)
+        return fun(*args, **kwargs)
+
+    return routed
+
+
+_vjp_eager = vjp
+_ROUTED = {f.__name__: _dask_aware(f) for f in (*_BUILDERS, transport_for_sort, vjp)}
+_BUILDERS = {_ROUTED[f.__name__]: build for f, build in _BUILDERS.items()}
+sort, ranks, topk_mask = _ROUTED["sort"], _ROUTED["ranks"], _ROUTED["topk_mask"]
+quantile, quantize, sort_with = _ROUTED["quantile"], _ROUTED["quantize"], _ROUTED["sort_with"]
+quantile_normalization, transport_for_sort = _ROUTED["quantile_normalization"], _ROUTED["transport_for_sort"]
+vjp = _ROUTED["vjp"]

@@ -8,6 +8,7 @@ from array_api_compat import (
     array_namespace,
     is_array_api_obj,
     is_cupy_namespace,
+    is_dask_array,
     is_jax_array,
     is_jax_namespace,
     is_lazy_array,
@@ -34,11 +35,18 @@ def device(x: Any) -> Any:
     return dev
 
 
+def any_dask_array(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether a positional or keyword argument is a dask array (dask is never imported here)."""
+    return any(is_dask_array(a) for a in args) or any(is_dask_array(v) for v in kwargs.values())
+
+
 __all__ = [
+    "any_dask_array",
     "array_namespace",
     "device",
     "is_array_api_obj",
     "is_cupy_namespace",
+    "is_dask_array",
     "is_jax_array",
     "is_jax_namespace",
     "is_lazy_array",
