@@ -86,7 +86,7 @@ def tests_gpu(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """ruff check, ruff format --check, and mypy --strict on softsort/ ([tool.mypy] in pyproject.toml).
 
-    mypy sees the package's own dependencies (NumPy's types); jax, torch and cupy are not
+    mypy sees the package's own dependencies (NumPy's types); jax, torch, cupy and dask are not
     installed here and are typed Any (pyproject.toml says why).
     """
     session.install("ruff==0.17.6", "mypy==2.4.1", "-e", ".")

@@ -1072,7 +1072,8 @@ def _dask_aware(fun: Callable[..., Any]) -> Callable[..., Any]:
 
 
 _vjp_eager = vjp
-_ROUTED = {f.__name__: _dask_aware(f) for f in (*_BUILDERS, transport_for_sort, vjp)}
+_PUBLIC: tuple[Callable[..., Any], ...] = (*_BUILDERS, transport_for_sort, vjp)
+_ROUTED = {f.__name__: _dask_aware(f) for f in _PUBLIC}
 _BUILDERS = {_ROUTED[f.__name__]: build for f, build in _BUILDERS.items()}
 sort, ranks, topk_mask = _ROUTED["sort"], _ROUTED["ranks"], _ROUTED["topk_mask"]
 quantile, quantize, sort_with = _ROUTED["quantile"], _ROUTED["quantize"], _ROUTED["sort_with"]
