@@ -308,9 +308,12 @@ def sort(
         ``implicit_diff`` (``True``: gradients by implicit differentiation; ``False``:
         through the iterations), ``implicit_solver`` (``"auto"``, ``"dense"`` or ``"cg"``),
         ``memory_budget`` (``2**30`` bytes of working memory per call, counted as 6 arrays of
-        ``n x m`` per problem; larger batches run in chunks of rows, a single problem over
-        it raises ``ValueError``; the returned arrays come on top, twice while chunks are
-        joined; under ``jax.jit`` the compiler schedules the chunks, see the math page).
+        ``n x m`` per problem; larger batches run in chunks of rows; a single problem over
+        it is solved and read block by block, its plan never stored (reverse-mode
+        derivatives only; ``transport_for_sort``, ``straight_through=True`` and
+        ``implicit_diff=False`` then raise ``ValueError``); the returned arrays come on
+        top, twice while chunks are joined; under ``jax.jit`` the compiler schedules the
+        chunks, see the math page).
         ``momentum`` (``"adaptive"``: over-relaxation estimated per problem below
         epsilon ``5e-3``, plain steps above; or a fixed factor in ``[1, 2)``), ``init``
         (``"auto"``: the exact unregularized dual below epsilon ``5e-3``, zeros above;
