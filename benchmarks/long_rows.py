@@ -187,9 +187,11 @@ def _spawn(args: list[str], cached_only: bool = False) -> dict:
 
 def _rst(data: dict) -> str:
     lines = [
-        f"Measured {data['date']} on {data['machine']} ({data['cpus']} CPUs, load average "
-        f"{data['load_before']:.1f} when started: the machine was shared, timings are upper bounds), "
-        "by ``python benchmarks/long_rows.py``.",
+        f"Measured by ``python benchmarks/long_rows.py`` (table assembled {data['date']}) on {data['machine']}, "
+        f"{data['cpus']} CPUs shared with other jobs throughout (load average {data['load_before']:.1f} when the "
+        "table was assembled): timings are upper bounds. NumPy at n = 50,000 did not finish in the time this "
+        "shared machine allowed; its blocked timing at n = 5,000 is in the JSON file (``blocked_seconds``, "
+        "forward and ``softsort.vjp`` in float64).",
         "",
         f"One row of n = {data['n']} float32 values, ``memory_budget`` {data['budget'] / 2**20:.0f} MiB "
         "(1024 is the default), default epsilon (``1e-2``), "
