@@ -62,8 +62,10 @@ init : {"auto", "dual", "zeros"}, default "auto"
     "memory_budget": """\
 memory_budget : int, default 2**30
     Bytes of working memory per call, counted as 6 arrays of ``n x m`` per problem; larger
-    batches run in chunks of rows, and a single problem over the budget raises
-    ``ValueError``. The returned arrays come on top (twice while chunks are joined). Under
+    batches run in chunks of rows. A single problem over the budget is solved and read
+    block by block, its plan never stored (reverse-mode derivatives only;
+    ``transport_for_sort``, ``straight_through=True`` and ``implicit_diff=False`` then raise
+    ``ValueError``). The returned arrays come on top (twice while chunks are joined). Under
     ``jax.jit`` the compiler schedules the chunks (see the math page).""",
     "straight_through": """\
 straight_through : bool, default False

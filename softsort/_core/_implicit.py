@@ -31,6 +31,7 @@ from typing import Any
 
 from .._compat import device
 from ._config import SolverConfig
+from ._planop import DensePlan
 
 
 def _dense_solve(xp: Any, mat: Any, rhs: Any) -> Any:
@@ -79,24 +80,29 @@ def _marginal_solve(backend: Any, config: SolverConfig, plan: Any, ra: Any, rb: 
     Linear in ``(ra, rb)`` and differentiable in ``plan`` (the adapter's ``linear_solve``
     makes the iterative solve transposable), so the backward and the forward-mode rule can
     themselves be differentiated. Shapes: ``plan`` (B, n, m), ``ra`` (B, n), ``rb`` (B, m).
+    ``plan`` is an array or a plan operator (:mod:`._planop`; the blocked plan of
+    :mod:`._blocked`, whose products are made block by block): the solve uses the plan
+    only through its sums, products and ``P^T diag(w) P`` (with it or applied to a vector).
     """
     xp = backend.xp
-    n, m = plan.shape[-2], plan.shape[-1]
-    a = xp.sum(plan, axis=-1)
-    b = xp.sum(plan, axis=-2)
-    tiny = xp.finfo(plan.dtype).smallest_normal
+    op = DensePlan(xp, plan, backend) if not hasattr(plan, "gram_apply") else plan
+    n, m = op.n, op.m
+    a = op.row_sums()
+    b = op.col_sums()
+    tiny = xp.finfo(a.dtype).smallest_normal
     a = xp.where(a > tiny, a, xp.full_like(a, tiny))
     b = xp.where(b > tiny, b, xp.full_like(b, tiny))
-    mv = backend.matvec
 
-    # Eliminate the larger block and solve the Schur complement on the smaller one.
-    if m <= n:
-        big, small, r_big, r_small, p_bs = a, b, ra, rb, plan  # p_bs: (big, small)
+    # Eliminate the larger block and solve the Schur complement on the smaller one. A plan
+    # made by row blocks has no transpose: there the inputs' block is always eliminated
+    # (one pass over the blocks per product with the Schur complement).
+    if m <= n or not hasattr(op, "transposed"):
+        big, small, r_big, r_small, p_bs = a, b, ra, rb, op  # p_bs: (big, small)
     else:
-        big, small, r_big, r_small, p_bs = b, a, rb, ra, xp.matrix_transpose(plan)
-    p_sb = xp.matrix_transpose(p_bs)
+        big, small, r_big, r_small, p_bs = b, a, rb, ra, op.transposed()
     k = small.shape[-1]
-    rhs = r_small - mv(p_sb, r_big / big)
+    inv_big = 1.0 / big
+    rhs = r_small - p_bs.apply_t(r_big * inv_big)
     # S = diag(small) - P_sb diag(1/big) P_bs is PSD with null vector 1; adding
     # mean(small) * 11^T pins the solution to sum(x) = 0 without changing the rest.
     pin = xp.mean(small, axis=-1, keepdims=True)
@@ -104,19 +110,19 @@ def _marginal_solve(backend: Any, config: SolverConfig, plan: Any, ra: Any, rb: 
     # is almost null and the plan does not move. A ridge of sqrt(machine eps) relative to
     # the weights keeps the solve finite there and changes well-posed solutions by
     # O(sqrt(machine eps)).
-    ridge = (float(xp.finfo(plan.dtype).eps) ** 0.5) * pin
+    ridge = (float(xp.finfo(a.dtype).eps) ** 0.5) * pin
     use_dense = config.implicit_solver == "dense" or (config.implicit_solver == "auto" and k <= config.dense_limit)
     if use_dense:
-        eye = xp.eye(k, dtype=plan.dtype, device=device(plan))
-        schur = small[..., None] * eye - p_sb @ (p_bs / big[..., None])
+        eye = xp.eye(k, dtype=a.dtype, device=device(a))
+        schur = small[..., None] * eye - p_bs.gram(inv_big)
         schur = schur + pin[..., None] + ridge[..., None] * eye
         x_small = _dense_solve(xp, schur, rhs)
     else:
 
         def matvec(v: Any) -> Any:
-            return (small + ridge) * v - mv(p_sb, mv(p_bs, v) / big) + pin * xp.sum(v, axis=-1, keepdims=True)
+            return (small + ridge) * v - p_bs.gram_apply(v, inv_big) + pin * xp.sum(v, axis=-1, keepdims=True)
 
-        diag = small - xp.sum(p_bs * p_bs / big[..., None], axis=-2) + pin + ridge
+        diag = small - p_bs.weighted_sq_col_sums(inv_big) + pin + ridge
         diag = xp.where(diag > tiny, diag, xp.full_like(diag, tiny))
         diag = backend.stop_gradient(diag)  # a preconditioner: it changes the iterates, not the solution
 
@@ -124,8 +130,8 @@ def _marginal_solve(backend: Any, config: SolverConfig, plan: Any, ra: Any, rb: 
             return _cg_solve(backend, config, matvec, diag, r)
 
         x_small = backend.linear_solve(matvec, solve, rhs)
-    x_big = (r_big - mv(p_bs, x_small)) / big
-    return (x_big, x_small) if m <= n else (x_small, x_big)
+    x_big = (r_big - p_bs.apply(x_small)) * inv_big
+    return (x_big, x_small) if p_bs is op else (x_small, x_big)
 
 
 def _centred(xp: Any, w: Any) -> Any:

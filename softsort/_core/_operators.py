@@ -12,11 +12,12 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from .._compat import device
+from . import _blocked, _targets
 from . import _masked as mk
 from . import _readouts as ro
-from . import _targets
 from ._config import SolverConfig
 from ._hard import hard_plan
+from ._planop import dense_cotangent
 from ._squash import default_squash, default_squash_vjp
 from ._transport import Transport, transport, transport_vjp
 
@@ -421,25 +422,82 @@ def _zero_weights(config: SolverConfig) -> SolverConfig:
 PEAK_ARRAYS_PER_ROW = 6
 
 
+def _sizes(backend: Any, op: Operator, criterion: Any) -> tuple[int, int, int]:
+    xp = backend.xp
+    n = criterion.shape[-1]
+    return n, op.prepare(xp, n, criterion).b.shape[-1], xp.finfo(criterion.dtype).bits // 8
+
+
+def blocked_rows(backend: Any, op: Operator, criterion: Any, config: SolverConfig) -> int | None:
+    """Rows per block when one problem's working set exceeds ``memory_budget`` (else ``None``).
+
+    Such a problem is solved and read by row blocks (:mod:`._blocked`), its plan never
+    stored. ``transport_for_sort``, whose answer is the plan, and the options that need the
+    whole plan are refused with a ``ValueError``, before anything of size ``n x m`` exists.
+    """
+    n, m, itemsize = _sizes(backend, op, criterion)
+    per_row = PEAK_ARRAYS_PER_ROW * n * m * itemsize
+    if per_row <= config.memory_budget:
+        return None
+    if op.diagnostics:
+        msg = (
+            f"option 'memory_budget' is {config.memory_budget} bytes, but one problem of n={n} inputs and "
+            f"m={m} targets needs {per_row} bytes ({PEAK_ARRAYS_PER_ROW} arrays of n x m in {criterion.dtype}), "
+            "and transport_for_sort returns the plan itself; raise memory_budget or use fewer values per problem "
+            "(the other operators run such problems block by block)"
+        )
+        raise ValueError(msg)
+    if not config.implicit_diff:
+        msg = (
+            f"option 'implicit_diff=False' differentiates through the iterations, which keeps the whole plan, "
+            f"but one problem of n={n} inputs and m={m} targets ({per_row} bytes) exceeds "
+            f"memory_budget={config.memory_budget}; use implicit_diff=True or raise memory_budget"
+        )
+        raise ValueError(msg)
+    return _blocked.block_rows(n, m, itemsize, config.memory_budget)
+
+
 def chunks(backend: Any, op: Operator, criterion: Any, config: SolverConfig) -> list[tuple[int, int]]:
     """Row ranges whose problems fit ``config.memory_budget`` together (one range if all fit).
 
-    Raises ``ValueError`` before anything of size ``n x m`` is allocated when one problem
-    alone does not fit.
+    A problem that does not fit alone gets a range of its own, solved block by block (see
+    :func:`blocked_rows`, which raises ``ValueError`` where that is not possible).
     """
-    xp = backend.xp
-    batch, n = criterion.shape[0], criterion.shape[-1]
-    m = op.prepare(xp, n, criterion).b.shape[-1]
-    per_row = PEAK_ARRAYS_PER_ROW * n * m * (xp.finfo(criterion.dtype).bits // 8)
+    batch = criterion.shape[0]
+    n, m, itemsize = _sizes(backend, op, criterion)
+    per_row = PEAK_ARRAYS_PER_ROW * n * m * itemsize
     if per_row > config.memory_budget:
-        msg = (
-            f"option 'memory_budget' is {config.memory_budget} bytes, but one problem of n={n} inputs and "
-            f"m={m} targets needs {per_row} bytes ({PEAK_ARRAYS_PER_ROW} arrays of n x m in {criterion.dtype}); "
-            "raise memory_budget or use fewer values per problem"
-        )
-        raise ValueError(msg)
+        blocked_rows(backend, op, criterion, config)  # raises where blocks cannot serve
     rows = max(1, config.memory_budget // per_row)
     return [(start, min(start + rows, batch)) for start in range(0, max(batch, 1), rows)]
+
+
+def _refuse_straight_through(n: int, config: SolverConfig) -> None:
+    msg = (
+        f"option 'straight_through=True' reads the hard operator off the whole exact plan, but one problem of "
+        f"n={n} inputs exceeds memory_budget={config.memory_budget} (it is solved block by block); "
+        "raise memory_budget or use straight_through=False"
+    )
+    raise ValueError(msg)
+
+
+def _blocked_checked(
+    backend: Any, op: Operator, criterion: Any, config: SolverConfig, straight_through: bool, valid: Any
+) -> int | None:
+    """:func:`blocked_rows`, with the options the blocked path cannot serve refused first."""
+    block = blocked_rows(backend, op, criterion, config)
+    if block is None:
+        return None
+    if straight_through:
+        _refuse_straight_through(criterion.shape[-1], config)
+    if valid is not None:
+        msg = (
+            f"option 'mask' gives each row its own targets, which the block-by-block solver of a problem over "
+            f"memory_budget={config.memory_budget} (n={criterion.shape[-1]}) does not take; raise memory_budget "
+            "or solve the rows of one length without mask"
+        )
+        raise ValueError(msg)
+    return block
 
 
 def _concat_runs(xp: Any, runs: list[tuple[Any, Transport]]) -> tuple[Any, Transport]:
@@ -497,6 +555,7 @@ def run(
         chunk = backend.checkpoint(one_masked, values, criterion)
         parts = [chunk(values[s:e, ...], criterion[s:e, ...], valid[s:e, ...]) for s, e in spans]
         return _concat_runs(xp, parts)
+    block = _blocked_checked(backend, op, criterion, config, straight_through, valid)
     rows = None
     if valid is not None:
         op, rows, values, criterion = _masked_inputs(xp, op, values, criterion, valid)
@@ -510,7 +569,10 @@ def run(
         shapes = f"{tuple(criterion.shape)}, got {tuple(z.shape)}"
         msg = f"option 'squashing_fun' must return an array of the shape it receives {shapes}"
         raise ValueError(msg)
-    t = transport(backend, config, z, a, b, eps, prep.y, fixed_targets=True)
+    if block is None:
+        t = transport(backend, config, z, a, b, eps, prep.y, fixed_targets=True)
+    else:  # one problem over the budget: the plan is an operator made by row blocks
+        t = Transport(*_blocked.transport(backend, config, block, z, a, b, eps))
     out = op.readout(xp, t.plan, values, b, prep.aux)
     if straight_through:
         out = _straight_through(backend, op, out, z, a, b, values, prep.aux)
@@ -571,6 +633,7 @@ def run_vjp(
             return xp.concat(grads, axis=0)
 
         return out, t, chunked_pullback
+    block = _blocked_checked(backend, op, criterion, config, straight_through, valid)
     rows = squash_rows = None
     if valid is not None:
         op, rows, values, criterion = _masked_inputs(xp, op, values, criterion, valid)
@@ -578,7 +641,15 @@ def run_vjp(
         config = _zero_weights(config)
     prep, a, b, eps = _problem(backend, op, criterion, eps, rows)
     z = default_squash(backend, criterion, squash_rows)
-    t, plan_pullback = transport_vjp(backend, config, z, a, b, eps, prep.y)
+    if block is None:
+        t, dense_pullback = transport_vjp(backend, config, z, a, b, eps, prep.y)
+
+        def plan_pullback(d_plan: Any) -> Any:
+            return dense_pullback(dense_cotangent(xp, d_plan))
+
+    else:
+        blocked, plan_pullback = _blocked.transport_vjp(backend, config, block, z, a, b, eps)
+        t = Transport(*blocked)
     out = op.readout(xp, t.plan, values, b, prep.aux)
     if straight_through:  # the value is the hard operator's, the pull-back the soft one's
         out = _straight_through(backend, op, out, z, a, b, values, prep.aux)

@@ -235,8 +235,11 @@ def _returned(backend: Any, plan: Any, a: Any, b: Any) -> tuple[Any, Any]:
 STOP_MARGIN = 0.99
 
 
-def _running(config: SolverConfig, state: _State) -> Any:
-    """Rows still iterating (NaN >= threshold is False: a diverged row stops)."""
+def _running(config: SolverConfig, state: Any) -> Any:
+    """Rows still iterating (NaN >= threshold is False: a diverged row stops).
+
+    ``state`` is this module's or the blocked solver's state: both carry ``last_err`` and ``it``.
+    """
     return (state.last_err >= STOP_MARGIN * config.threshold) | (state.it < config.min_iterations)
 
 

@@ -67,6 +67,22 @@ class Backend:
             state = body(i, state)
         return state
 
+    def scan(self, body: Callable[[Any, State], tuple[Any, State]], carry: Any, xs: State) -> tuple[Any, State]:
+        """``carry, y_i = body(carry, x_i)`` over the leading axis of the arrays ``xs``.
+
+        Returns the last carry and the ``y_i`` stacked along a new leading axis (a tuple,
+        one entry per output of ``body``; ``body`` returns a tuple, possibly empty). The
+        blocked plan (:mod:`softsort._core._blocked`) runs its passes over row blocks with
+        it; a compiler lowers it to one loop with a static trip count.
+        """
+        outs = []
+        for i in range(xs[0].shape[0]):
+            carry, y = body(carry, tuple(x[i, ...] for x in xs))
+            outs.append(y)
+        if not outs or not outs[0]:
+            return carry, ()
+        return carry, tuple(self.xp.stack(list(parts), axis=0) for parts in zip(*outs, strict=True))
+
     def bounded_while_loop(
         self,
         cond: Callable[[State], Any],

@@ -36,6 +36,9 @@ class JaxBackend(Backend):
     def fori_loop(self, lower: int, upper: int, body: Callable[[Any, State], State], state: State) -> State:
         return jax.lax.fori_loop(lower, upper, body, state)
 
+    def scan(self, body: Callable[[Any, State], Any], carry: Any, xs: State) -> Any:
+        return jax.lax.scan(body, carry, xs)
+
     def bounded_while_loop(
         self, cond: Callable[[State], Any], body: Callable[[State], State], state: State, max_trips: int
     ) -> State:

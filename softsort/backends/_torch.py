@@ -27,6 +27,7 @@ class _Plan(torch.autograd.Function):
     def setup_context(ctx: Any, inputs: Any, output: Any) -> None:
         rules, nout, static, *tensors = inputs
         ctx.rules, ctx.nout, ctx.static, ctx.num_inputs = rules, nout, static, len(tensors)
+        ctx.static_forward_error = _NO_FORWARD
         ctx.mark_non_differentiable(*output[nout:])
         ctx.save_for_backward(*tensors, *output)
         ctx.save_for_forward(*tensors, *output)
@@ -43,6 +44,8 @@ class _Plan(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx: Any, *tangents: Any) -> Any:
+        if ctx.rules[2] is None:
+            raise NotImplementedError(ctx.static_forward_error)
         saved = ctx.saved_tensors
         inputs, outputs = saved[: ctx.num_inputs], saved[ctx.num_inputs :]
         d_out = ctx.rules[2](ctx.static, inputs, outputs, tuple(tangents[3:]))
@@ -66,6 +69,14 @@ class _Plan(torch.autograd.Function):
                 unfolded.append(o.reshape(size, o.shape[0] // size, *o.shape[1:]))
                 out_dims.append(0)
         return tuple(unfolded), tuple(out_dims)
+
+
+#: What forward mode says where a function has a reverse rule only.
+_NO_FORWARD = (
+    "softsort: forward-mode differentiation is not available here: a problem whose plan exceeds "
+    "memory_budget is solved block by block, with reverse-mode derivatives only (and the multivariate "
+    "maps have reverse mode only); use reverse mode, or raise memory_budget"
+)
 
 
 def _peeled(x: Any) -> Any:
