@@ -62,7 +62,9 @@ def block_rows(n: int, m: int, itemsize: int, budget: int) -> int:
 
 
 # -- passes over row blocks ---------------------------------------------------------------------
-def _over_blocks(backend: Any, rows: int, body: Any, carry: Any, per_row: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
+def _over_blocks(
+    backend: Any, rows: int, body: Any, carry: Any, per_row: tuple[Any, ...]
+) -> tuple[Any, tuple[Any, ...]]:
     """``carry, outs = body(carry, blocks)`` for each block of ``rows`` rows of ``per_row``.
 
     ``per_row`` are (B, n, ...) arrays; ``body`` gets their (B, r, ...) slices and returns
@@ -305,7 +307,9 @@ def _products_fwd(static: Any, zs: Any, ys: Any, alpha: Any, beta: Any, right: A
     return products(backend, rows, Geometry(zs, ys, alpha, beta), right, left)
 
 
-def _products_bwd(static: Any, inputs: tuple[Any, ...], outputs: tuple[Any, ...], cts: tuple[Any, ...]) -> tuple[Any, ...]:
+def _products_bwd(
+    static: Any, inputs: tuple[Any, ...], outputs: tuple[Any, ...], cts: tuple[Any, ...]
+) -> tuple[Any, ...]:
     backend, rows = static
     xp = backend.xp
     zs, ys, alpha, beta, right, left = inputs
