@@ -72,7 +72,7 @@ def test_docs_numpydoc_parses_the_section():
 # Figures of time, speed or memory on the site come from the scripts that measure them
 # (benchmarks/results/*, included by the pages, and the gallery's output); a page's own text
 # states settings, not measurements. These are the settings that look like figures.
-_SETTINGS = ("4x larger step", "downsized 4x", "default 1 GiB", "10 % of the pixels", ":width:")
+_SETTINGS = ("4x larger step", "downsized 4x", "default 1 GiB", "128 MiB by default", "10 % of the pixels", ":width:")
 # a number with a unit of time, memory, share or ratio ("1000 x 10" is a shape, not a ratio)
 _FIGURE = re.compile(r"\b\d+(?:\.\d+)?\s?(?:s|ms|us|µs|min|minutes|seconds|hours|MiB|MB|GiB|GB|%|x(?!\s*\d))(?![\w-])")
 
