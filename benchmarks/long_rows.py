@@ -34,6 +34,11 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
+def _list_table(*columns: str) -> list[str]:
+    """The opening lines of an rst list-table with a header row of ``columns``."""
+    return [".. list-table::", "   :header-rows: 1", "", f"   * - {columns[0]}", *(f"     - {c}" for c in columns[1:])]
+
+
 def _rss() -> tuple[int, int]:
     """(current, peak) resident set of this process, bytes."""
     cur = peak = 0
@@ -198,14 +203,7 @@ def _rst(data: dict) -> str:
         "forward pass. Peak extra memory: the process's peak resident set during the call minus its resident "
         "set just before.",
         "",
-        ".. list-table::",
-        "   :header-rows: 1",
-        "",
-        "   * - backend",
-        "     - operator",
-        "     - seconds",
-        "     - peak extra memory (MiB)",
-        "     - within budget",
+        *_list_table("backend", "operator", "seconds", "peak extra memory (MiB)", "within budget"),
     ]
     for r in data["speed"]:
         if "error" in r:
@@ -228,14 +226,7 @@ def _rst(data: dict) -> str:
         f"Agreement with the dense solver, n = {data['agree_n']} in float64 (max abs difference over max abs "
         "value; gradients of ``sum(cotangent * out)`` for a random cotangent):",
         "",
-        ".. list-table::",
-        "   :header-rows: 1",
-        "",
-        "   * - backend",
-        "     - operator",
-        "     - values",
-        "     - gradient w.r.t. x",
-        "     - gradient w.r.t. epsilon",
+        *_list_table("backend", "operator", "values", "gradient w.r.t. x", "gradient w.r.t. epsilon"),
     ]
     for r in data["agreement"]:
         if "error" in r:
