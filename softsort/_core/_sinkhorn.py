@@ -182,9 +182,11 @@ def _positive_weights(xp: Any, w: Any) -> Any:
     NaN. At the smallest normal float the entry carries no mass the dtype can see next to
     the others (every result moves by less than rounding), its scalings stay finite, and
     the returned plan's row of it has that mass: the read-outs of ``mask=`` ignore it.
+    Only exact zeros are raised: a negative or NaN weight (invalid, or flagged as NaN under
+    ``jax.jit`` where it cannot raise) must stay NaN in the result, not become a tiny mass.
     """
     tiny = xp.finfo(w.dtype).smallest_normal
-    return xp.where(w > tiny, w, xp.full_like(w, tiny))
+    return xp.where(w == 0, xp.full_like(w, tiny), w)
 
 
 def _zero_weight_start(backend: Any, rows: _Rows, f0: Any, g0: Any) -> tuple[Any, Any]:
