@@ -3,8 +3,10 @@
 ``SOFTSORT_TEST_BACKENDS`` (comma-separated: numpy, array_api_strict, jax, torch, cupy)
 selects backends; by default every installed one runs. array-api-strict runs on its
 default device, on ``Device("device1")`` (device propagation without a GPU) and on its
-``no_float64`` device (nothing may silently create float64). JAX runs with functions tagged
-by ``lazy_xp_function`` re-run under ``jax.jit``.
+``no_float64`` device (nothing may silently create float64); the extra devices are in the
+quick set for ``EXTRA_DEVICE_MODULES``, in the slow set elsewhere. JAX runs with functions
+tagged by ``lazy_xp_function`` re-run under ``jax.jit``; tests marked ``slow_on("jax")`` are
+in the slow set there (compile-bound), in the quick set on the other backends.
 """
 
 from __future__ import annotations
@@ -100,8 +102,32 @@ def pytest_report_header() -> str:
     return f"softsort backends: {', '.join(b.value for b in ACTIVE) or 'none'} (SOFTSORT_TEST_BACKENDS)"
 
 
+#: Test modules that run on array-api-strict's two extra devices in the quick set: the
+#: device and dtype checks themselves and one pass over every operator and its gradient.
+#: Elsewhere the extra devices repeat the default device's test unchanged except for the
+#: device, and those runs (about 60 % of the strict session's time) are in the slow set.
+EXTRA_DEVICE_MODULES = frozenset(
+    {"test_dtypes", "test_extreme", "test_gradients", "test_mask", "test_multivariate", "test_operators"}
+)
+
+
+def _lib_backend(item: pytest.Item) -> Backend | None:
+    callspec = getattr(item, "callspec", None)
+    value = callspec.params.get("lib") if callspec is not None else None
+    return value if isinstance(value, Backend) else None
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by the marks added here
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Collect a test marked ``backend(...)`` only in sessions that enable one of those backends.
+    """Route tests between the quick and the slow set, and drop other backends' tests.
+
+    A test marked ``slow_on(*backends)`` is slow on those backends only (under JAX, each
+    new shape and configuration compiles: a check that costs milliseconds on NumPy can take
+    tens of seconds there). array-api-strict's extra devices run in the quick set for
+    ``EXTRA_DEVICE_MODULES`` only. Both are marked ``slow`` here, so that ``-m "not slow"``
+    leaves them to ``nox -s tests-slow``.
+
+    A test marked ``backend(...)`` is collected only in sessions that enable one of those backends.
 
     The mark is for tests without the ``lib`` fixture (which parametrizes itself): NumPy-only
     checks (subprocesses, the tutorial) would otherwise run again, unchanged, in every
@@ -110,6 +136,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """
     keep, drop = [], []
     for item in items:
+        lib_backend = _lib_backend(item)
+        slow_on = item.get_closest_marker("slow_on")
+        if lib_backend is not None and slow_on is not None and lib_backend.value.split(":")[0] in slow_on.args:
+            item.add_marker(pytest.mark.slow)
+        module = item.module.__name__.rsplit(".", 1)[-1] if getattr(item, "module", None) else ""
+        extra_device = lib_backend in (Backend.STRICT_DEVICE1, Backend.STRICT_NO_FLOAT64)
+        if extra_device and module not in EXTRA_DEVICE_MODULES:
+            item.add_marker(pytest.mark.slow)
         mark = item.get_closest_marker("backend")
         uses_lib = "lib" in getattr(item, "fixturenames", ())
         if mark is None or uses_lib or any(name in _enabled() for name in mark.args):

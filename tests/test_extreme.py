@@ -110,6 +110,7 @@ def test_extreme_scales_keep_the_order(lib: Lib, request, scale: float) -> None:
     np.testing.assert_allclose(r, np.argsort(np.argsort(X5)), atol=0.1)
 
 
+@pytest.mark.slow_on("jax")  # JAX: every operator and gradient, one compile each
 def test_float64_huge_scale_finite(lib: Lib, request) -> None:
     """1e200 in float64: the same overflow as 1e30 in float32."""
     if not lib.float64:
@@ -119,6 +120,7 @@ def test_float64_huge_scale_finite(lib: Lib, request) -> None:
     np.testing.assert_allclose(lib.to_numpy(softsort.ranks(x, epsilon=1e-3)), [0, 2, 1, 3, 4], atol=0.1)
 
 
+@pytest.mark.slow_on("jax")  # JAX: every operator and gradient, one compile each
 @pytest.mark.parametrize(
     ("case", "values"),
     [
@@ -142,12 +144,14 @@ def test_constant_row_gives_the_mean_and_middle_ranks(lib: Lib) -> None:
 
 
 # -- epsilon extremes -----------------------------------------------------------------------------
+@pytest.mark.slow_on("jax")  # JAX: every operator and gradient, one compile each
 def test_tiny_epsilon_float32_finite(lib: Lib) -> None:
     """eps = 1e-6 in float32: far from converging in 2000 iterations, but never NaN."""
     x = lib.asarray(rng().normal(size=(3, 8)), dtype=lib.xp.float32)
     assert_all_finite(lib, x, lib.xp.float32, epsilon=1e-6)
 
 
+@pytest.mark.slow_on("jax")  # JAX: every operator and gradient, one compile each
 @pytest.mark.parametrize("width", [32, 64])
 def test_huge_epsilon_finite_and_collapses_to_mean(lib: Lib, width: int) -> None:
     if width == 64 and not lib.float64:
@@ -187,6 +191,7 @@ def test_low_precision_finite_and_dtype_kept(lib: Lib, dtype_name: str) -> None:
     assert_all_finite(lib, x, dtype)
 
 
+@pytest.mark.slow_on("jax")  # JAX: every operator and gradient, one compile each
 @pytest.mark.parametrize("int_dtype", ["int8", "int32", "int64", "uint8"])
 def test_integer_input_finite(lib: Lib, int_dtype: str) -> None:
     values = np.array([[3, 1, 2, 7, 5], [0, 0, 0, 0, 0]])
@@ -199,6 +204,7 @@ def test_integer_input_finite(lib: Lib, int_dtype: str) -> None:
 
 
 # -- large batch ----------------------------------------------------------------------------------
+@pytest.mark.slow_on("jax")  # JAX: every operator and gradient, one compile each
 def test_large_batch_runs_finite(lib: Lib) -> None:
     """20000 x 50 (one 400 MB float64 plan): finite values; a batch beyond memory is chunked."""
     if lib.backend in STRICT:

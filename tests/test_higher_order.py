@@ -48,13 +48,21 @@ OPERATORS = [
     ("transport_for_sort", _plan),
 ]
 #: Conjugate gradients on two operators in the quick set, on every operator in the slow set
-#: (the dense solve covers every operator in both).
+#: (the dense solve covers every operator in both). Under JAX, where each case compiles its
+#: second-order program (10-30 s), the quick set keeps sort's only.
 CG_QUICK = ("sort", "ranks")
+
+
+def _marks(name: str, solver: str) -> list[pytest.MarkDecorator]:
+    if solver == "cg" and name not in CG_QUICK:
+        return [pytest.mark.slow]
+    return [] if name == "sort" else [pytest.mark.slow_on("jax")]
+
+
 CASES = [
-    pytest.param(name, fun, solver, id=f"{name}-{solver}", marks=[pytest.mark.slow] if slow else [])
+    pytest.param(name, fun, solver, id=f"{name}-{solver}", marks=_marks(name, solver))
     for name, fun in OPERATORS
     for solver in ("dense", "cg")
-    for slow in [solver == "cg" and name not in CG_QUICK]
 ]
 
 

@@ -105,6 +105,7 @@ def test_each_row_is_the_operator_on_its_valid_entries(lib: Lib, name) -> None:
         np.testing.assert_allclose(out[i], ref, atol=_tol(lib), err_msg=f"row {i}")
 
 
+@pytest.mark.slow_on("jax")  # compile-bound under JAX
 def test_sort_with_rows(lib: Lib) -> None:
     opts = {"epsilon": 0.05}
     for topk in (None, 2):

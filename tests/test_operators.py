@@ -257,6 +257,7 @@ def test_transport_for_sort_result(lib: Lib) -> None:
         assert np.all(row[it // 10 :] == -1)
 
 
+@pytest.mark.slow_on("jax")  # JAX chunking: test_memory_budget.py
 def test_memory_budget_chunks_the_batch(lib: Lib) -> None:
     """A batch over the memory budget is solved in chunks of rows: same result."""
     x = lib.asarray(sample(12, (9,), seed=11))

@@ -48,6 +48,7 @@ def _run(lib: Lib, fun, values: np.ndarray, dtype, **kw) -> np.ndarray:
         return lib.to_numpy(fun(lib.asarray(values, dtype=dtype), **solver, **kw)).astype(np.float64)
 
 
+@pytest.mark.slow_on("jax")  # Hypothesis shapes: a compile each under JAX
 @SETTINGS
 @given(data=st.data())
 def test_sort_and_ranks_are_scale_equivariant(lib: Lib, data) -> None:
