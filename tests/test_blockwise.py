@@ -25,6 +25,10 @@ from softsort._core import _operators as ops
 from softsort._core._config import SolverConfig
 from softsort.backends import get_backend
 
+#: Under JAX (compile-bound: each block size and read-out compiles) this module is in the slow set;
+#: the blocked path is the same array-API code on every backend, checked in the quick set on the others.
+pytestmark = pytest.mark.slow_on("jax")
+
 ROOT = Path(__file__).resolve().parents[1]
 N = 23  # 7-row blocks: three of them and a last one of 2 rows
 

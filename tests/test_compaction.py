@@ -17,6 +17,9 @@ import softsort
 from conftest import Lib
 from softsort._core import _sinkhorn
 
+#: In the slow set under JAX (compile-bound); compaction is core code, checked on the other backends.
+pytestmark = pytest.mark.slow_on("jax")
+
 
 def _spread_batch(rows: int, n: int = 12) -> np.ndarray:
     """Rows whose iteration counts differ a lot: the first few have near-tied values."""

@@ -13,6 +13,9 @@ import pytest
 import softsort
 from conftest import Backend, Lib
 
+#: In the slow set under JAX (compile-bound); descending and straight-through are core code, shared.
+pytestmark = pytest.mark.slow_on("jax")
+
 X = np.array([[1.0, 5.0, 4.0, 8.0, 12.0, -3.0], [0.3, -0.2, 0.9, 0.1, 0.5, 0.0]])
 
 

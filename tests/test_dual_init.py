@@ -52,6 +52,7 @@ def problems() -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
     return out
 
 
+@pytest.mark.slow_on("jax")  # compile-bound under JAX; same core code elsewhere
 @pytest.mark.parametrize(("name", "z", "a", "b"), problems(), ids=[p[0] for p in problems()])
 def test_exact_dual_is_optimal(lib: Lib, name: str, z: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
     del name
@@ -88,6 +89,7 @@ def test_ties_take_the_midpoint() -> None:
     assert np.all(np.concatenate(off) < -1e-6)
 
 
+@pytest.mark.slow_on("jax")  # compile-bound under JAX; same core code elsewhere
 @pytest.mark.parametrize("epsilon", [1e-2, 5e-3, 3e-3])
 def test_same_fixed_point_from_either_start(lib: Lib, epsilon: float) -> None:
     """Tightly converged, both starts give the same plan (below 3e-3 the zero start can need

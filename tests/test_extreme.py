@@ -88,6 +88,7 @@ def assert_all_finite(lib: Lib, x, dtype=None, **options) -> None:
 
 
 # -- extreme scales, ties, tiny axes ------------------------------------------------------------
+@pytest.mark.slow_on("jax")  # JAX: every operator and gradient, one compile each
 @pytest.mark.parametrize("scale", [1e-30, 1e30])
 @pytest.mark.parametrize("width", [32, 64])
 def test_extreme_scales_finite(lib: Lib, request, scale: float, width: int) -> None:

@@ -132,6 +132,7 @@ def test_implicit_equals_unrolled(lib: Lib) -> None:
     np.testing.assert_allclose(g_implicit, g_unrolled, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.slow  # JAX compiles each input's gradient; test_grad_inputs.py checks them by finite differences
 @pytest.mark.backend("jax")
 def test_gradient_wrt_target_weights_and_q() -> None:
     """Gradients with respect to traced weights and quantile levels (JAX)."""

@@ -49,14 +49,14 @@ OPERATORS = [
 ]
 #: Conjugate gradients on two operators in the quick set, on every operator in the slow set
 #: (the dense solve covers every operator in both). Under JAX, where each case compiles its
-#: second-order program (10-30 s), the quick set keeps sort's only.
+#: second-order program (10-30 s), the quick set keeps sort's dense solve only.
 CG_QUICK = ("sort", "ranks")
 
 
 def _marks(name: str, solver: str) -> list[pytest.MarkDecorator]:
     if solver == "cg" and name not in CG_QUICK:
         return [pytest.mark.slow]
-    return [] if name == "sort" else [pytest.mark.slow_on("jax")]
+    return [] if (name, solver) == ("sort", "dense") else [pytest.mark.slow_on("jax")]
 
 
 CASES = [

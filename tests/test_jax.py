@@ -65,6 +65,7 @@ def test_vmap_over_epsilon_and_grad_of_vmap() -> None:
     assert bool(jnp.all(jnp.isfinite(g)))
 
 
+@pytest.mark.slow  # JAX compiles a training step / long loops: slow set
 def test_backward_memory_does_not_grow_with_iterations() -> None:
     """Implicit differentiation: the compiled gradient's buffers do not depend on max_iterations."""
     x = jnp.asarray(X)
@@ -88,6 +89,7 @@ def test_outputs_stay_on_input_device() -> None:
     assert g.devices() == {devices[1]}
 
 
+@pytest.mark.slow  # JAX compiles a training step / long loops: slow set
 def test_tutorial_training_step() -> None:
     """value_and_grad of the soft 0/1 loss on 1000x10 logits, jitted: finite, non-zero."""
     key = jax.random.PRNGKey(0)

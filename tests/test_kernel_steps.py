@@ -20,6 +20,9 @@ from softsort._core import _sinkhorn
 from softsort._core._config import SolverConfig
 from softsort.backends import get_backend
 
+#: In the slow set under JAX (compile-bound); the kernel steps are the same core code on every backend.
+pytestmark = pytest.mark.slow_on("jax")
+
 
 def _problem(lib: Lib, rows: int = 3, n: int = 30, m: int = 30, spread: float = 0.7):
     rng = np.random.default_rng(3)

@@ -117,6 +117,7 @@ def test_momentum_object_refused(lib: Lib, ott: Momentum, match: str) -> None:
 
 
 # -- implicit_diff=None / ImplicitDiff(...) ---------------------------------------------------
+@pytest.mark.slow_on("jax")  # compile-bound under JAX; unrolled JAX gradients: test_gradients.py
 @pytest.mark.parametrize(
     ("ott", "native"), [(None, False), (ImplicitDiff(), True), (ImplicitDiff(symmetric=True), True)]
 )

@@ -18,6 +18,9 @@ from hypothesis.extra import numpy as hnp
 import softsort
 from conftest import Backend, Lib
 
+#: Hypothesis draws a new shape per example, a compile each under JAX: slow set there.
+pytestmark = pytest.mark.slow_on("jax")
+
 SETTINGS = settings(
     max_examples=25,
     deadline=None,
