@@ -71,8 +71,12 @@ def tests_strict(session: nox.Session) -> None:
 
 @nox.session(name="tests-jax", tags=["ci"])
 def tests_jax(session: nox.Session) -> None:
-    """JAX in float64 (x64 enabled), jit/vmap/grad, two host CPU devices."""
-    _install(session, "jax", "flax", "optax", extras="test,examples")
+    """JAX in float64 (x64 enabled), jit/vmap/grad, two host CPU devices.
+
+    PyTorch is installed too, so tests/test_cross_backend.py (NumPy, JAX and PyTorch agree)
+    runs here: CI saves the environment and installs of a separate tests-cross session.
+    """
+    _install(session, "jax", "flax", "optax", TORCH_CPU, extras="test,examples")
     session.run(*PYTEST, *QUICK, "tests", *session.posargs, env=_jax_env(session, SOFTSORT_TEST_BACKENDS="jax"))
 
 
@@ -83,9 +87,12 @@ def tests_torch(session: nox.Session) -> None:
     session.run(*PYTEST, *QUICK, "tests", *session.posargs, env={"SOFTSORT_TEST_BACKENDS": "torch"})
 
 
-@nox.session(name="tests-cross", tags=["ci"])
+@nox.session(name="tests-cross")
 def tests_cross(session: nox.Session) -> None:
-    """Agreement of values and gradients across NumPy, JAX and PyTorch in float64."""
+    """Agreement of values and gradients across NumPy, JAX and PyTorch in float64.
+
+    Not tagged ci: tests-jax runs the same file (it installs PyTorch as well).
+    """
     _install(session, "jax", TORCH_CPU)
     env = _jax_env(session, SOFTSORT_TEST_BACKENDS="numpy,jax,torch")
     session.run(*PYTEST, *QUICK, "tests/test_cross_backend.py", *session.posargs, env=env)
