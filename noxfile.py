@@ -219,8 +219,8 @@ def wheel(session: nox.Session) -> None:
     run_dir = os.path.join(tmp, "installed")
     shutil.rmtree(run_dir, ignore_errors=True)
     # The docs and examples too: tests/test_docs.py checks their figures and options.
+    ignore = shutil.ignore_patterns("__pycache__", "_build", "auto_examples", "gen_modules")
     for folder in ("tests", "docs", "examples"):
-        ignore = shutil.ignore_patterns("__pycache__", "_build", "auto_examples", "gen_modules")
         shutil.copytree(folder, os.path.join(run_dir, folder), ignore=ignore)
     shutil.copy("pyproject.toml", run_dir)  # pytest settings only; there is no softsort/ beside it
     session.chdir(run_dir)
