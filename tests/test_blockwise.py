@@ -78,7 +78,6 @@ def test_blocked_other_readouts_match_dense(lib: Lib) -> None:
         np.testing.assert_allclose(blocked, dense, rtol=0, atol=tol)
 
 
-@pytest.mark.slow_on("jax")  # softsort.vjp and diagnostics: the same code on every backend
 @pytest.mark.parametrize("epsilon", [0.05, 1e-3])
 def test_blocked_vjp_matches_dense(lib: Lib, epsilon: float) -> None:
     """softsort.vjp (hand-written backward, every backend): value and gradient, float64."""
@@ -95,7 +94,6 @@ def test_blocked_vjp_matches_dense(lib: Lib, epsilon: float) -> None:
         np.testing.assert_allclose(g_b, g_d, rtol=1e-7, atol=1e-9 * np.abs(g_d).max())
 
 
-@pytest.mark.slow_on("jax")  # softsort.vjp and diagnostics: the same code on every backend
 def test_blocked_solver_diagnostics_match_dense(lib: Lib) -> None:
     """Same iterations, errors and final error; ``converged`` judged on the returned plan.
 

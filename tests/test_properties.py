@@ -125,7 +125,6 @@ EQUIVARIANT = {
 }
 
 
-@pytest.mark.slow_on("jax")  # Hypothesis shapes: a compile each under JAX
 @pytest.mark.parametrize("name", list(EQUIVARIANT))
 @SETTINGS
 @given(data=st.data())
@@ -186,7 +185,6 @@ def test_ranks_lie_in_0_to_n_minus_1(lib: Lib, data) -> None:
     assert np.all(r <= n - 1 + tol(dtype, n))
 
 
-@pytest.mark.slow_on("jax")  # Hypothesis shapes: a compile each under JAX
 @SETTINGS
 @given(data=st.data())
 def test_topk_mask_in_unit_interval_and_sums_to_k(lib: Lib, data) -> None:
@@ -206,7 +204,6 @@ def test_topk_mask_in_unit_interval_and_sums_to_k(lib: Lib, data) -> None:
         assert np.all(np.abs(sums - k) <= n * threshold + tol(dtype, n))
 
 
-@pytest.mark.slow_on("jax")  # Hypothesis shapes: a compile each under JAX
 @SETTINGS
 @given(data=st.data())
 def test_quantiles_lie_within_min_and_max(lib: Lib, data) -> None:
@@ -248,7 +245,6 @@ def separated(draw, lib: Lib):
 HARD = {"epsilon": 1e-3, "threshold": 1e-4, "max_iterations": 20000, "squashing_fun": identity}
 
 
-@pytest.mark.slow_on("jax")  # Hypothesis shapes: a compile each under JAX
 @settings(SETTINGS, max_examples=12)
 @given(data=st.data())
 def test_hard_limit_sort_and_ranks(lib: Lib, data) -> None:
