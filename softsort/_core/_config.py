@@ -44,6 +44,11 @@ class SolverConfig:
     init: str = "auto"
     #: Iterate in kernel space after a first log-domain step (see _sinkhorn._kernel_steps).
     kernel_steps: bool = True
+    #: Rows with at most ``_newton.NEWTON_MAX_TARGETS`` targets still running after
+    #: ``_newton.NEWTON_AFTER`` iterations continue with Newton steps on the semi-dual
+    #: (implicit differentiation only; see :mod:`softsort._core._newton`). Off: plain
+    #: Sinkhorn throughout (the tests' reference path).
+    newton: bool = True
     #: "adaptive" over-relaxation, or a fixed factor in [1, 2) (1 = plain Sinkhorn).
     momentum: str | float = "adaptive"
     #: "auto" (dense up to ``dense_limit`` unknowns, conjugate gradients beyond: for n = m =

@@ -15,6 +15,7 @@ from .._compat import device
 from ._config import ACCELERATE_BELOW, SolverConfig
 from ._dual import exact_dual
 from ._lse import logsumexp
+from ._newton import NEWTON_AFTER, applies, newton_step
 
 
 class SinkhornOutput(NamedTuple):
@@ -152,7 +153,10 @@ def solve(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any, 
     # The first block always runs (every error starts at inf); the loop carries the kernel
     # and the scalings from there.
     state = _block(backend, config, rows, state, first=True)
-    state = _iterate(backend, config, rows, state, COMPACT_LEVELS)
+    newton = applies(config, z.shape[-1], b.shape[-1], z.ndim)
+    state = _iterate(backend, config, rows, state, COMPACT_LEVELS, NEWTON_AFTER if newton else config.max_iterations)
+    if newton:
+        state = _newton_phase(backend, config, rows, state)
     errors, row_it = state.errors, state.row_it
     f, g, kernel = state.f, state.g, state.kernel
     if state.log_u is not None:
@@ -245,8 +249,10 @@ def _running(config: SolverConfig, state: Any) -> Any:
     return (state.last_err >= STOP_MARGIN * config.threshold) | (state.it < config.min_iterations)
 
 
-def _iterate(backend: Any, config: SolverConfig, rows: _Rows, state: _State, levels: int) -> _State:
-    """Blocks until every row has stopped or ``max_iterations`` is reached.
+def _iterate(
+    backend: Any, config: SolverConfig, rows: _Rows, state: _State, levels: int, until: int | None = None
+) -> _State:
+    """Blocks until every row has stopped or ``max_iterations`` (or ``until``) is reached.
 
     Rows stop at different times (G1 of the benchmark: median 80 iterations, slowest 250),
     and a stopped row costs as much as a running one in the batched products. So once at
@@ -257,7 +263,7 @@ def _iterate(backend: Any, config: SolverConfig, rows: _Rows, state: _State, lev
     13.1 ms without, 7.5 ms with two levels; compile time 1.2 -> 2.3 s.
     """
     xp = backend.xp
-    max_it = config.max_iterations
+    max_it = config.max_iterations if until is None else min(until, config.max_iterations)
 
     def body(s: _State) -> _State:
         return _block(backend, config, rows, s)
@@ -283,12 +289,14 @@ def _iterate(backend: Any, config: SolverConfig, rows: _Rows, state: _State, lev
     state = backend.while_loop(cond_many, body, state)
 
     def compacted(s: _State) -> _State:
-        return _compacted(backend, config, rows, s, keep, levels - 1)
+        return _compacted(backend, config, rows, s, keep, levels - 1, max_it)
 
     return cast(_State, backend.cond(cond(state), compacted, done, state))
 
 
-def _compacted(backend: Any, config: SolverConfig, rows: _Rows, state: _State, keep: int, levels: int) -> _State:
+def _compacted(
+    backend: Any, config: SolverConfig, rows: _Rows, state: _State, keep: int, levels: int, until: int
+) -> _State:
     """Iterate on the (at most ``keep``) running rows only; the others are left as they are."""
     xp = backend.xp
     running = _running(config, state)
@@ -299,7 +307,7 @@ def _compacted(backend: Any, config: SolverConfig, rows: _Rows, state: _State, k
     def gather(x: Any) -> Any:
         return x if x is None or x.ndim == 0 else xp.take(x, index, axis=0)
 
-    sub = _iterate(backend, config, _Rows(*map(gather, rows)), _State(*map(gather, state)), levels)
+    sub = _iterate(backend, config, _Rows(*map(gather, rows)), _State(*map(gather, state)), levels, until)
     sub = sub._replace(kernel=None)  # not put back together: see _iterate's done
     # Row r of the batch is row position[r] of the small one when it ran there.
     position = xp.cumulative_sum(xp.astype(running, index.dtype)) - 1
@@ -313,6 +321,72 @@ def _compacted(backend: Any, config: SolverConfig, rows: _Rows, state: _State, k
         return xp.where(mask, xp.take(new, position, axis=0), old)
 
     return _State(*map(scatter, state, sub))
+
+
+def _newton_phase(backend: Any, config: SolverConfig, rows: _Rows, state: _State) -> _State:
+    """Newton steps (:func:`softsort._core._newton.newton_step`) for the rows still running.
+
+    Runs after the Sinkhorn loop stopped at ``NEWTON_AFTER`` iterations (nothing happens if
+    every row has stopped). Each step counts as one block (``config.block`` iterations, at
+    most what ``max_iterations`` leaves): it replaces a block, costs about as much for ``m <=
+    64`` and keeps the error log (one entry per check) and ``iterations`` on their grid.
+    Stopping rule, freezing of stopped rows, ``min_iterations`` and ``max_iterations`` are
+    the Sinkhorn loop's. The rows it moves leave with their potentials absorbed (zero
+    scalings) and, where the loop kept a kernel, that row of the kernel rebuilt; the other
+    rows are returned exactly as the Sinkhorn loop left them.
+    """
+    xp = backend.xp
+    dev = device(rows.a)
+    inner, max_it = config.block, config.max_iterations
+    check_ids = xp.arange(config.num_checks, device=dev)
+
+    def phase(s: _State) -> _State:
+        cost = _cost(backend, rows)
+        f0, g0 = s.f, s.g
+        if s.log_u is not None:
+            f0, g0 = f0 + s.log_u, g0 + s.log_v
+        touched = _running(config, s)
+
+        def cond(t: tuple[Any, ...]) -> Any:
+            _, _, _, it, last_err, _ = t
+            return xp.logical_and(it < max_it, xp.any(_running(config, _Stop(last_err, it))))
+
+        def body(t: tuple[Any, ...]) -> tuple[Any, ...]:
+            f, g, errors, it, last_err, row_it = t
+            active = _running(config, _Stop(last_err, it))
+            f_new, g_new, err = newton_step(backend, cost, rows.a, rows.b, g)
+            err = backend.stop_gradient(err)
+            keep = active[..., None]
+            f, g = xp.where(keep, f_new, f), xp.where(keep, g_new, g)
+            errors = xp.where((check_ids == it // inner) & keep, err[..., None], errors)
+            steps = xp.minimum(xp.asarray(inner, dtype=it.dtype, device=dev), max_it - it)
+            row_it = row_it + xp.where(active, steps, xp.zeros_like(steps))
+            return f, g, errors, it + steps, xp.where(active, err, last_err), row_it
+
+        loop = (f0, g0, s.errors, s.it, s.last_err, s.row_it)
+        f, g, errors, it, last_err, row_it = backend.while_loop(cond, body, loop)
+        kernel, log_u, log_v = s.kernel, s.log_u, s.log_v
+        if log_u is not None:
+            row = touched[..., None]
+            f, g = xp.where(row, f, s.f), xp.where(row, g, s.g)
+            log_u = xp.where(row, xp.zeros_like(log_u), log_u)
+            log_v = xp.where(row, xp.zeros_like(log_v), log_v)
+        if kernel is not None:
+            fresh = _gibbs_kernel(backend, _subtract_columns(backend, _cost(backend, rows), g), f)
+            kernel = xp.where(touched[..., None, None], fresh, kernel)
+        return s._replace(
+            f=f, g=g, log_u=log_u, log_v=log_v, kernel=kernel, errors=errors, it=it, last_err=last_err, row_it=row_it
+        )
+
+    go = xp.logical_and(state.it < max_it, xp.any(_running(config, state)))
+    return cast(_State, backend.cond(go, phase, lambda s: s, state))
+
+
+class _Stop(NamedTuple):
+    """What :func:`_running` reads."""
+
+    last_err: Any
+    it: Any
 
 
 def _block(backend: Any, config: SolverConfig, rows: _Rows, state: _State, first: bool = False) -> _State:
