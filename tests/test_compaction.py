@@ -53,10 +53,10 @@ def test_compaction_levels(monkeypatch: pytest.MonkeyPatch) -> None:
     sizes: list[int] = []
     original = _sinkhorn._compacted
 
-    def spy(backend, config, rows, state, keep, levels):  # type: ignore[no-untyped-def]
+    def spy(backend, config, rows, state, keep, levels, until):  # type: ignore[no-untyped-def]
         sizes.append(keep)
         assert int(np.sum(state.last_err >= config.threshold)) <= keep
-        return original(backend, config, rows, state, keep, levels)
+        return original(backend, config, rows, state, keep, levels, until)
 
     monkeypatch.setattr(_sinkhorn, "_compacted", spy)
     monkeypatch.setattr(_sinkhorn, "COMPACT_MIN_SIZE", 0)

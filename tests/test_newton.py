@@ -9,6 +9,7 @@ come from the implicit rule at the fixed point).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from array_api_compat import array_namespace, device
 
 import softsort
 from conftest import Lib, available
+from softsort import _validate
 from softsort._core import _newton, _sinkhorn
 from softsort._core._config import SolverConfig
 from softsort.backends import get_backend
@@ -43,7 +45,13 @@ def _solve(lib: Lib, z, a, b, epsilon: float, **options):
     z, a, b = (lib.asarray(v) for v in (z, a, b))
     xp = array_namespace(z)
     eps = xp.full((z.shape[0],), epsilon, dtype=z.dtype, device=device(z))
-    return _sinkhorn.solve(backend, SolverConfig(**options), z, a, b, eps)
+    return _sinkhorn.solve(backend, SolverConfig(**{"newton": True, **options}), z, a, b, eps)
+
+
+@pytest.fixture
+def newton_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Newton steps for the public functions (SolverConfig.newton is off by default)."""
+    monkeypatch.setattr(_validate, "SolverConfig", functools.partial(SolverConfig, newton=True))
 
 
 def _needs_float64(lib: Lib) -> None:
@@ -70,7 +78,7 @@ def test_small_rows_converge_within_200_iterations(lib: Lib, n: int, m: int, top
     assert np.all(final < 1e-9), final.max()
 
 
-def test_near_tie_of_three(lib: Lib) -> None:
+def test_near_tie_of_three(lib: Lib, newton_on: None) -> None:
     """x = [0, 1e-6, 1] at epsilon 1e-2: plain Sinkhorn crawls, Newton reaches 1e-9 fast."""
     _needs_float64(lib)
     x = lib.asarray([[0.0, 1e-6, 1.0]])
@@ -93,9 +101,7 @@ def test_same_fixed_point_as_plain_sinkhorn(lib: Lib, n: int, m: int, topk: bool
     _needs_float64(lib)
     z, a, b = _rows(n, m, rows=8, topk=topk, seed=1)
     newton = _solve(lib, z, a, b, 1e-1, threshold=1e-12, max_iterations=2000)
-    plain = _solve(
-        lib, z, a, b, 1e-1, threshold=1e-12, max_iterations=20000, newton=False, momentum=1.0, init="zeros"
-    )
+    plain = _solve(lib, z, a, b, 1e-1, threshold=1e-12, max_iterations=20000, newton=False, momentum=1.0, init="zeros")
     assert np.all(lib.to_numpy(plain.final_error) < 1e-12)
     assert np.all(lib.to_numpy(newton.final_error) < 1e-12)
     np.testing.assert_allclose(lib.to_numpy(newton.plan), lib.to_numpy(plain.plan), atol=1e-11)
@@ -133,7 +139,8 @@ def test_iteration_accounting(lib: Lib) -> None:
 
 def test_not_used_where_it_does_not_apply() -> None:
     """Unrolled differentiation, mask= (zero weights), long or d-dimensional rows: plain path."""
-    base = SolverConfig()
+    base = SolverConfig(newton=True)
+    assert not _newton.applies(SolverConfig(), 10, 10, 2)  # off by default
     assert _newton.applies(base, 10, 10, 2)
     assert not _newton.applies(dataclasses.replace(base, implicit_diff=False), 10, 10, 2)
     assert not _newton.applies(dataclasses.replace(base, zero_weights=True), 10, 10, 2)
@@ -142,7 +149,7 @@ def test_not_used_where_it_does_not_apply() -> None:
     assert not _newton.applies(base, 10, 10, 3)
 
 
-def test_gradient_unchanged(lib: Lib) -> None:
+def test_gradient_unchanged(lib: Lib, newton_on: None) -> None:
     """The implicit gradient at the fixed point: the same with and without Newton steps."""
     if lib.name not in ("numpy", "jax", "torch"):
         pytest.skip("gradients through softsort.vjp on NumPy, framework autodiff elsewhere")
@@ -170,8 +177,6 @@ def _grad_of_ranks(lib: Lib, x: np.ndarray, cot: np.ndarray, options: dict) -> n
         _, pullback = softsort.vjp(softsort.ranks, lib.asarray(x), **options)
         return np.asarray(pullback(lib.asarray(cot)))
     if lib.name == "torch":
-        import torch
-
         xt = lib.asarray(x).requires_grad_(True)
         (softsort.ranks(xt, **options) * lib.asarray(cot)).sum().backward()
         return lib.to_numpy(xt.grad)
@@ -191,7 +196,7 @@ def test_jit_and_vmap() -> None:
         pytest.skip("float64 (JAX_ENABLE_X64=1)")
     z, a, b = _rows(20, 2, rows=4, topk=True, seed=4)
     backend = get_backend(jnp)
-    config = SolverConfig(threshold=1e-9)
+    config = SolverConfig(threshold=1e-9, newton=True)
 
     def one(z, a, b):
         out = _sinkhorn.solve(backend, config, z[None], a[None], b[None], jnp.full((1,), 1e-2))

@@ -22,8 +22,8 @@ same step with no constant component (``sum g`` is kept). ``M`` is formed from `
 Safeguard: the direction is capped to a trust region (:data:`MAX_STEP`), then among
 ``g + t delta`` for ``t`` in :data:`STEP_SIZES` and the plain Sinkhorn ``g``-update the step
 of least L1 column error (what the stopping rule measures) is taken: the error never grows
-beyond what a Sinkhorn step would leave, and a NaN candidate (a failed solve) never wins. The fixed point is that of Sinkhorn: only
-the path to it changes (``f`` and ``g`` may differ from plain Sinkhorn's by the gauge
+beyond what a Sinkhorn step would leave, and a NaN candidate (a failed solve) never wins.
+The fixed point is that of Sinkhorn: only the path to it changes (``f`` and ``g`` may differ from plain Sinkhorn's by the gauge
 constant, the plan does not).
 """
 
@@ -75,7 +75,13 @@ def applies(config: SolverConfig, n: int, m: int, ndim: int) -> bool:
     problems keep plain Sinkhorn.
     """
     del n
-    return config.newton and config.implicit_diff and not config.zero_weights and ndim == 2 and 2 <= m <= NEWTON_MAX_TARGETS
+    return (
+        config.newton
+        and config.implicit_diff
+        and not config.zero_weights
+        and ndim == 2
+        and 2 <= m <= NEWTON_MAX_TARGETS
+    )
 
 
 def newton_step(backend: Any, cost: Any, a: Any, b: Any, g: Any) -> tuple[Any, Any, Any]:
@@ -120,7 +126,9 @@ def newton_step(backend: Any, cost: Any, a: Any, b: Any, g: Any) -> tuple[Any, A
         total = mv(e, ones)  # row sums: products, not reductions over a short last axis
         full = xp.min(total, axis=-1) > 0
         total = xp.where(total > 0, total, xp.ones_like(total))
-        err_t = xp.where(full, xp.sum(xp.abs(vm(a / total, e) - b), axis=-1), xp.full_like(full, math.inf, dtype=g.dtype))
+        err_t = xp.where(
+            full, xp.sum(xp.abs(vm(a / total, e) - b), axis=-1), xp.full_like(full, math.inf, dtype=g.dtype)
+        )
         ok = (err_t < err_best) | (xp.isnan(err_best) & xp.isfinite(err_t))
         g_best = xp.where(ok[..., None], g + step, g_best)
         f_best = xp.where(ok[..., None], f - xp.log(total) - top, f_best)
