@@ -9,7 +9,6 @@ come from the implicit rule at the fixed point).
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import numpy as np
 import pytest
@@ -17,7 +16,6 @@ from array_api_compat import array_namespace, device
 
 import softsort
 from conftest import Lib, available
-from softsort import _validate
 from softsort._core import _newton, _sinkhorn
 from softsort._core._config import SolverConfig
 from softsort.backends import get_backend
@@ -45,13 +43,7 @@ def _solve(lib: Lib, z, a, b, epsilon: float, **options):
     z, a, b = (lib.asarray(v) for v in (z, a, b))
     xp = array_namespace(z)
     eps = xp.full((z.shape[0],), epsilon, dtype=z.dtype, device=device(z))
-    return _sinkhorn.solve(backend, SolverConfig(**{"newton": True, **options}), z, a, b, eps)
-
-
-@pytest.fixture
-def newton_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Newton steps for the public functions (SolverConfig.newton is off by default)."""
-    monkeypatch.setattr(_validate, "SolverConfig", functools.partial(SolverConfig, newton=True))
+    return _sinkhorn.solve(backend, SolverConfig(**options), z, a, b, eps)
 
 
 def _needs_float64(lib: Lib) -> None:
@@ -78,7 +70,7 @@ def test_small_rows_converge_within_200_iterations(lib: Lib, n: int, m: int, top
     assert np.all(final < 1e-9), final.max()
 
 
-def test_near_tie_of_three(lib: Lib, newton_on: None) -> None:
+def test_near_tie_of_three(lib: Lib) -> None:
     """x = [0, 1e-6, 1] at epsilon 1e-2: plain Sinkhorn crawls, Newton reaches 1e-9 fast."""
     _needs_float64(lib)
     x = lib.asarray([[0.0, 1e-6, 1.0]])
@@ -138,18 +130,18 @@ def test_iteration_accounting(lib: Lib) -> None:
 
 
 def test_not_used_where_it_does_not_apply() -> None:
-    """Unrolled differentiation, mask= (zero weights), long or d-dimensional rows: plain path."""
-    base = SolverConfig(newton=True)
-    assert not _newton.applies(SolverConfig(), 10, 10, 2)  # off by default
-    assert _newton.applies(base, 10, 10, 2)
+    """Unrolled differentiation, more than 64 targets, one target, d-dimensional rows: plain path."""
+    base = SolverConfig()
+    assert _newton.applies(base, 10, 10, 2)  # on by default
+    assert _newton.applies(dataclasses.replace(base, zero_weights=True), 10, 10, 2)  # mask=
+    assert not _newton.applies(dataclasses.replace(base, newton=False), 10, 10, 2)
     assert not _newton.applies(dataclasses.replace(base, implicit_diff=False), 10, 10, 2)
-    assert not _newton.applies(dataclasses.replace(base, zero_weights=True), 10, 10, 2)
     assert not _newton.applies(base, 10, _newton.NEWTON_MAX_TARGETS + 1, 2)
     assert not _newton.applies(base, 10, 1, 2)
     assert not _newton.applies(base, 10, 10, 3)
 
 
-def test_gradient_unchanged(lib: Lib, newton_on: None) -> None:
+def test_gradient_unchanged(lib: Lib) -> None:
     """The implicit gradient at the fixed point: the same with and without Newton steps."""
     if lib.name not in ("numpy", "jax", "torch"):
         pytest.skip("gradients through softsort.vjp on NumPy, framework autodiff elsewhere")
@@ -196,7 +188,7 @@ def test_jit_and_vmap() -> None:
         pytest.skip("float64 (JAX_ENABLE_X64=1)")
     z, a, b = _rows(20, 2, rows=4, topk=True, seed=4)
     backend = get_backend(jnp)
-    config = SolverConfig(threshold=1e-9, newton=True)
+    config = SolverConfig(threshold=1e-9)
 
     def one(z, a, b):
         out = _sinkhorn.solve(backend, config, z[None], a[None], b[None], jnp.full((1,), 1e-2))

@@ -46,10 +46,9 @@ class SolverConfig:
     kernel_steps: bool = True
     #: Rows with at most ``_newton.NEWTON_MAX_TARGETS`` targets still running after
     #: ``_newton.NEWTON_AFTER`` iterations continue with Newton steps on the semi-dual
-    #: (implicit differentiation only; see :mod:`softsort._core._newton`). Off by default
-    #: for now: on, a row solved with mask= (zero weights: Newton off there) no longer
-    #: follows the path of its valid entries solved alone (tests/test_mask.py, 1e-6).
-    newton: bool = False
+    #: (implicit differentiation only; see :mod:`softsort._core._newton`). Off: plain
+    #: Sinkhorn throughout (internal: the tests' reference path, the blocked solver's).
+    newton: bool = True
     #: "adaptive" over-relaxation, or a fixed factor in [1, 2) (1 = plain Sinkhorn).
     momentum: str | float = "adaptive"
     #: "auto" (dense up to ``dense_limit`` unknowns, conjugate gradients beyond: for n = m =

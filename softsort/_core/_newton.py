@@ -69,19 +69,13 @@ def applies(config: SolverConfig, n: int, m: int, ndim: int) -> bool:
 
     Only in the implicit-differentiation path (``implicit_diff=False`` differentiates through
     the iterations: they stay plain Sinkhorn), for 1-D problems with ``2 <= m <=
-    NEWTON_MAX_TARGETS`` targets (``n`` is free: a step costs ``O(n m^2 + m^3)``), and not
-    when some weights may be zero (``mask=``): there a target weight raised to the smallest
-    normal float makes ``M`` singular up to rounding and the step useless, so those
-    problems keep plain Sinkhorn.
+    NEWTON_MAX_TARGETS`` targets (``n`` is free: a step costs ``O(n m^2 + m^3)``). With
+    ``mask=`` the padded width decides: a row whose valid entries alone would take Newton
+    steps but whose padded width exceeds the limit stays on plain Sinkhorn, and then
+    agrees with its valid entries solved alone to the threshold rather than to rounding.
     """
     del n
-    return (
-        config.newton
-        and config.implicit_diff
-        and not config.zero_weights
-        and ndim == 2
-        and 2 <= m <= NEWTON_MAX_TARGETS
-    )
+    return config.newton and config.implicit_diff and ndim == 2 and 2 <= m <= NEWTON_MAX_TARGETS
 
 
 def newton_step(backend: Any, cost: Any, a: Any, b: Any, g: Any) -> tuple[Any, Any, Any]:
@@ -95,6 +89,7 @@ def newton_step(backend: Any, cost: Any, a: Any, b: Any, g: Any) -> tuple[Any, A
     m = b.shape[-1]
     log_a = xp.log(a)
     ones = xp.ones_like(b)
+    tiny = float(xp.finfo(g.dtype).smallest_normal)
     f = log_a - logsumexp(backend, g[..., None, :] - cost, axis=-1)
     # pi_ij = exp(g_j - C_ij + f_i - log a_i): the row softmax (rows sum to one)
     logits = (g[..., None, :] - cost) + (f - log_a)[..., :, None]  # log pi, at most 0 up to rounding
@@ -103,12 +98,22 @@ def newton_step(backend: Any, cost: Any, a: Any, b: Any, g: Any) -> tuple[Any, A
     c = vm(a, pi)
     outer = xp.matrix_transpose(weighted) @ pi  # sum_i a_i pi_i pi_i^T, (B, m, m)
     eye = xp.eye(m, dtype=g.dtype, device=device(g))
-    # The pin 1 1^T / m^2 removes the gauge; the ridge (a thousand ulps of the typical
-    # column mass 1 / m) keeps the matrix invertible where rows of pi are one-hot up to
-    # rounding (M = 0 along some directions: NumPy and PyTorch raise on singular systems).
-    ridge = 1e3 * float(xp.finfo(g.dtype).eps) / m
-    mat = eye * (c[..., None, :] + ridge) - outer + 1.0 / m**2
-    delta = xp.linalg.solve(mat, (b - c)[..., None])[..., 0]
+    # Targets of zero weight (mask=, raised to the smallest normal float) are left out of
+    # the system (their row and column replaced by the identity's, so their step is 0) and
+    # follow their own Sinkhorn update instead (they keep their weight's column mass): the
+    # valid targets then take the step of their problem alone, as the rest of the solver
+    # promises for mask=. Inputs of zero weight enter M only through a_i pi_i: nothing.
+    valid = b > tiny
+    pair = valid[..., :, None] & valid[..., None, :]
+    count = xp.sum(xp.astype(valid, g.dtype), axis=-1)[..., None, None]
+    # The pin (1 1^T over the valid targets) / count^2 removes the gauge; the ridge (a
+    # thousand ulps of each column's mass) keeps the matrix invertible where rows of pi are
+    # one-hot up to rounding (M = 0 along some directions: NumPy and PyTorch raise there).
+    ridge = 1e3 * float(xp.finfo(g.dtype).eps) * b
+    diagonal = xp.where(valid, c + ridge, xp.ones_like(c))
+    mat = xp.where(pair, 1.0 / count**2 - outer, xp.zeros_like(outer)) + eye * diagonal[..., None, :]
+    rhs = xp.where(valid, b - c, xp.zeros_like(c))
+    delta = xp.linalg.solve(mat, rhs[..., None])[..., 0]
     size = xp.max(xp.abs(delta), axis=-1, keepdims=True)
     capped = size > MAX_STEP
     delta = delta * xp.where(capped, MAX_STEP / xp.where(capped, size, ones[..., :1]), ones[..., :1])
@@ -117,18 +122,22 @@ def newton_step(backend: Any, cost: Any, a: Any, b: Any, g: Any) -> tuple[Any, A
     f_best = log_a - logsumexp(backend, g_best[..., None, :] - cost, axis=-1)
     column = xp.exp(g_best + logsumexp(backend, f_best[..., :, None] - cost, axis=-2))
     err_best = xp.sum(xp.abs(column - b), axis=-1)
+    own = g_best - g  # the zero-weight targets' step in every candidate
+    low = -float(xp.finfo(g.dtype).max)
+    valid_rows = (a > tiny)[..., :, None]
     for t in STEP_SIZES:
-        step = t * delta
-        top = xp.max(step, axis=-1, keepdims=True)
-        # log pi + t delta - max(t delta) <= 0: no overflow. A candidate where some row
-        # underflows entirely has error inf: it never wins.
+        step = xp.where(valid, t * delta, own)
+        top = xp.max(xp.where(valid, step, xp.full_like(step, low)), axis=-1, keepdims=True)
+        # log pi + t delta - max(t delta) <= 0 on the valid targets: no overflow. A candidate
+        # where the row sums of some input of nonzero weight underflow has error inf: it
+        # never wins.
         e = xp.exp(logits + (step - top)[..., None, :])
         total = mv(e, ones)  # row sums: products, not reductions over a short last axis
-        full = xp.min(total, axis=-1) > 0
-        total = xp.where(total > 0, total, xp.ones_like(total))
-        err_t = xp.where(
-            full, xp.sum(xp.abs(vm(a / total, e) - b), axis=-1), xp.full_like(full, math.inf, dtype=g.dtype)
-        )
+        fine = total >= tiny  # a / total stays finite (a <= 1)
+        full = xp.all(fine | ~valid_rows[..., 0], axis=-1)
+        total = xp.where(fine, total, xp.ones_like(total))
+        err_t = xp.sum(xp.abs(vm(a / total, e) - b), axis=-1)
+        err_t = xp.where(full, err_t, xp.full_like(err_t, math.inf))
         ok = (err_t < err_best) | (xp.isnan(err_best) & xp.isfinite(err_t))
         g_best = xp.where(ok[..., None], g + step, g_best)
         f_best = xp.where(ok[..., None], f - xp.log(total) - top, f_best)
