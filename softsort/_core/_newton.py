@@ -23,8 +23,8 @@ Safeguard: the direction is capped to a trust region (:data:`MAX_STEP`), then am
 ``g + t delta`` for ``t`` in :data:`STEP_SIZES` and the plain Sinkhorn ``g``-update the step
 of least L1 column error (what the stopping rule measures) is taken: the error never grows
 beyond what a Sinkhorn step would leave, and a NaN candidate (a failed solve) never wins.
-The fixed point is that of Sinkhorn: only the path to it changes (``f`` and ``g`` may differ from plain Sinkhorn's by the gauge
-constant, the plan does not).
+The fixed point is that of Sinkhorn: only the path to it changes (``f`` and ``g`` may
+differ from plain Sinkhorn's by the gauge constant, the plan does not).
 """
 
 from __future__ import annotations
@@ -53,6 +53,12 @@ NEWTON_AFTER = 100
 #: column sums sit on a plateau of the sum of steep softmaxes, e.g. a top-k mask with a
 #: near-tie at the boundary) ``M`` is tiny and the raw step astronomically long.
 MAX_STEP = 8.0
+
+#: At NEWTON_AFTER, a running row predicted (from its last two checks' contraction) to
+#: stop within this many more blocks goes on with Sinkhorn instead, up to NEWTON_LAST
+#: iterations (then Newton, if it still runs: 4 steps are left before 200).
+NEWTON_PATIENCE = 10
+NEWTON_LAST = 160
 
 #: Step sizes tried along the (trust-region scaled) Newton direction; the one of least
 #: column error wins (one row softmax each). Steps beyond 1 matter: along a direction where
