@@ -296,7 +296,7 @@ def ratios(cells: dict, sweep_rows: list[dict]) -> dict[str, Any]:
             out[f"W1-W6 geomean speedup {label} over ott"] = _geomean([o / s for _, o, s in ok])
             if lib == "softsort-jax":
                 out["W1-W6 geomean: workloads used"] = [w for w, _, _ in ok]
-    for lib in ("softsort-jax", "softsort-jax-matched"):
+    for lib in ("softsort-jax", "softsort-jax-matched") if any(k[0].startswith("ott") for k in cells) else ():
         worse = {
             w: f"{c['ref_distance'] / target:.4g}x"
             for w in wl.WORKLOADS
