@@ -190,6 +190,22 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/bench.py", *session.posargs)
 
 
+@nox.session(name="bench-gpu")
+def bench_gpu(session: nox.Session) -> None:
+    """W1-W8 at GPU scale (benchmarks/gpu.py): softsort on JAX, PyTorch, CuPy vs OTT-JAX, torchsort.
+
+    Needs a CUDA machine and nothing else: installs the CUDA builds of JAX, PyTorch and
+    CuPy, OTT-JAX and torchsort (compiled against the CUDA toolkit when nvcc is found;
+    skipped, with the reason, if that build fails), then writes
+    benchmarks/results/gpu/gpu.{json,md}. posargs go to the script (``--scale tiny
+    --device cpu`` checks it anywhere).
+    """
+    session.install("-e", ".", "jax[cuda12]", "torch", "cupy-cuda12x", "ott-jax==0.6.0", "setuptools", "ninja")
+    session.install("torchsort==0.1.10", "--no-build-isolation", success_codes=[0, 1])
+    session.run("python", "-c", "import jax, torch; print(jax.devices(), torch.cuda.is_available())")
+    session.run("python", "benchmarks/gpu.py", *session.posargs)
+
+
 @nox.session(tags=["ci"])
 def wheel(session: nox.Session) -> None:
     """The package as users get it: sdist + wheel, twine check, then demo and NumPy tests on the installed wheel.

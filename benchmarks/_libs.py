@@ -13,14 +13,29 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
-from _workloads import MARGIN, TOPK, Data, loss_grad_numpy, target_weights
+from _workloads import (
+    EXPERTS_K,
+    MARGIN,
+    TOPK,
+    Data,
+    balance_loss_grad_numpy,
+    loss_grad_numpy,
+    spearman_loss_grad_numpy,
+    target_weights,
+)
 
 LIBS = (
     "softsort-jax",
+    "softsort-jax-base",  # softsort at another git revision (--base), jitted: a speed-up over it
     "softsort-jax-dual",
     "softsort-numpy",
     "softsort-torch",
@@ -29,7 +44,40 @@ LIBS = (
     "softsort-jax-matched",  # after OTT-JAX: its threshold is chosen to match OTT-JAX's accuracy
     "torchsort",
 )
-JAX_LIBS = ("softsort-jax", "softsort-jax-dual", "ott", "ott-unrolled", "softsort-jax-matched")
+JAX_LIBS = ("softsort-jax", "softsort-jax-base", "softsort-jax-dual", "ott", "ott-unrolled", "softsort-jax-matched")
+
+#: The revision ``softsort-jax-base`` runs (``bench.py --base``): the round-two baseline.
+BASE_REVISION = "6d31c35"
+_BASE: dict[str, Any] = {}
+
+
+def extract_revision(rev: str, into: str, name: str) -> None:
+    """Put the ``softsort`` package of git revision ``rev`` into ``into/name`` (``git archive``)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", rev, "softsort"], cwd=root, check=True, capture_output=True
+    ).stdout
+    path = os.path.join(into, f"{name}.tar")
+    with open(path, "wb") as fh:
+        fh.write(archive)
+    with tarfile.open(path) as tar:
+        tar.extractall(into, filter="data")
+    os.rename(os.path.join(into, "softsort"), os.path.join(into, name))
+
+
+def base_softsort(rev: str | None = None) -> Any:
+    """softsort as it was at ``rev`` (default :data:`BASE_REVISION`), imported as ``softsort_base``.
+
+    The package imports itself relatively, so the old copy lives beside the current one in
+    the same process (the benchmark then times both on the same inputs, in turn).
+    """
+    if "module" not in _BASE:
+        tmp = tempfile.mkdtemp(prefix="softsort-base-")
+        extract_revision(rev or BASE_REVISION, tmp, "softsort_base")
+        sys.path.insert(0, tmp)
+        _BASE["module"] = importlib.import_module("softsort_base")
+        _BASE["revision"] = rev or BASE_REVISION
+    return _BASE["module"]
 
 
 class NotApplicable(Exception):
@@ -44,10 +92,15 @@ class Options:
     inner_iterations: int = 10
     torchsort_strength: float = 1.0
     init: str = "auto"  # softsort's start; "softsort-jax-dual" sets "dual"
+    #: PyTorch's device ("cuda" in benchmarks/gpu.py); JAX uses its default device.
+    device: str = "cpu"
+    #: softsort's ``memory_budget`` (None: its default); the GPU run raises it.
+    memory_budget: int | None = None
 
     def softsort(self) -> dict[str, Any]:
-        """softsort's options: the shared solver options and its start."""
-        return {**self.solver(), "init": self.init}
+        """softsort's options: the shared solver options, its start and memory budget."""
+        extra = {} if self.memory_budget is None else {"memory_budget": self.memory_budget}
+        return {**self.solver(), "init": self.init, **extra}
 
     def solver(self) -> dict[str, Any]:
         """The Sinkhorn options softsort and OTT-JAX share."""
@@ -81,10 +134,12 @@ def available(lib: str) -> str | None:
     """``None`` when the library can run here, else the reason it cannot."""
     needs = {
         "softsort-jax": ("softsort", "jax"),
+        "softsort-jax-base": ("softsort", "jax"),
         "softsort-jax-dual": ("softsort", "jax"),
         "softsort-jax-matched": ("softsort", "jax"),
         "softsort-numpy": ("softsort",),
         "softsort-torch": ("softsort", "torch"),
+        "softsort-cupy": ("softsort", "cupy"),
         "ott": ("ott", "jax"),
         "ott-unrolled": ("ott", "jax"),
         "torchsort": ("torch", "torchsort"),
@@ -112,22 +167,27 @@ def version(module: str) -> str | None:
 def build(lib: str, name: str, data: Data, opts: Options) -> Runner:
     return {
         "softsort-jax": _softsort_jax,
+        "softsort-jax-base": lambda n, d, o: _softsort_jax(n, d, o, base_softsort()),
         "softsort-jax-dual": lambda n, d, o: _softsort_jax(n, d, dataclasses.replace(o, init="dual")),
         "softsort-jax-matched": _softsort_jax,  # bench.py sets the threshold
         "softsort-numpy": _softsort_numpy,
         "softsort-torch": _softsort_torch,
+        "softsort-cupy": _softsort_cupy,
         "ott": _ott,
         "ott-unrolled": _ott_unrolled,
         "torchsort": _torchsort,
     }[lib](name, data, opts)
 
 
-def _softsort_iterations(xp_x: Any, name: str, opts: Options, asarray: Callable[[np.ndarray], Any]) -> int:
+def _softsort_iterations(
+    xp_x: Any, name: str, opts: Options, asarray: Callable[[np.ndarray], Any], softsort: Any = None
+) -> int:
     """Iterations of the workload's Sinkhorn problem, via the public ``transport_for_sort``.
 
     softsort counts per problem (a converged problem of a batch stops); report the largest.
     """
-    import softsort
+    if softsort is None:
+        import softsort
 
     b = target_weights(name, xp_x.shape[-1])
     kw = {} if b is None else {"target_weights": asarray(b)}
@@ -148,9 +208,10 @@ def _jax_memory(jitted: Any, args: tuple[Any, ...]) -> Callable[[], tuple[int, s
     return memory
 
 
-def _softsort_forward(name: str, o: dict) -> Callable[[Any], Any] | None:
-    """The softsort call of forward workload ``name`` (W1-W6), the same on every backend."""
-    import softsort
+def _softsort_forward(name: str, o: dict, softsort: Any = None) -> Callable[[Any], Any] | None:
+    """The softsort call of forward workload ``name`` (W1-W8), the same on every backend."""
+    if softsort is None:
+        import softsort
 
     return {
         "W1": lambda x: softsort.sort(x, axis=-1, **o),
@@ -159,19 +220,47 @@ def _softsort_forward(name: str, o: dict) -> Callable[[Any], Any] | None:
         "W4": lambda x: softsort.ranks(x, axis=-1, **o),
         "W5": lambda x: softsort.sort(x, topk=TOPK, **o),
         "W6": lambda x: softsort.quantile(x, 0.5, **o),
+        "W7": lambda x: softsort.topk_mask(x, k=EXPERTS_K, axis=-1, **o),
+        "W8": lambda x: softsort.ranks(x, axis=-1, **o),
     }.get(name)
 
 
-def _softsort_jax(name: str, data: Data, opts: Options) -> Runner:
+def _loss(name: str, data: Data, xp: Any, asarray: Callable[[np.ndarray], Any]) -> Callable[[Any], Any] | None:
+    """The loss of G7 (of a top-2 mask) and G8 (of ranks), written once for JAX and PyTorch.
+
+    Same formulas as ``balance_loss_grad_numpy`` and ``spearman_loss_grad_numpy``.
+    """
+    if name == "G7":
+
+        def balance(mask: Any) -> Any:
+            load = xp.mean(mask, axis=0)
+            return mask.shape[-1] * xp.sum(load * load)
+
+        return balance
+    if name == "G8":
+        true_ranks = asarray(data.true_ranks)
+
+        def spearman(r: Any) -> Any:
+            rows, n = r.shape
+            d = r - true_ranks
+            return 6.0 / (n * (n * n - 1.0)) / rows * xp.sum(d * d)
+
+        return spearman
+    return None
+
+
+def _softsort_jax(name: str, data: Data, opts: Options, softsort: Any = None) -> Runner:
     import jax
     import jax.numpy as jnp
 
-    import softsort
+    if softsort is None:
+        import softsort
 
     o = opts.softsort()
     x = jnp.asarray(data.x)
     args: tuple[Any, ...] = (x,)
-    forward = _softsort_forward(name, o)
+    forward = _softsort_forward(name, o, softsort)
+    loss_of = _loss(name, data, jnp, jnp.asarray)
     if forward is not None:
         f: Callable[..., Any] = forward
     elif name == "G1":
@@ -182,6 +271,9 @@ def _softsort_jax(name: str, data: Data, opts: Options) -> Runner:
             return jnp.mean(jax.nn.relu(MARGIN - jnp.sum(onehot * r, axis=1)))
 
         f = jax.value_and_grad(loss)
+    elif loss_of is not None:
+        op = _softsort_forward("W7" if name == "G7" else "W8", o, softsort)
+        f = jax.value_and_grad(lambda x: loss_of(op(x)))
     else:
         w = jnp.asarray(data.w)
         f = jax.grad(lambda x: jnp.sum(w * softsort.sort(x, **o)))
@@ -189,37 +281,69 @@ def _softsort_jax(name: str, data: Data, opts: Options) -> Runner:
     return Runner(
         run=lambda: jax.block_until_ready(jitted(*args)),
         to_numpy=lambda out: jax.tree_util.tree_map(np.asarray, out),
-        iterations=lambda: _softsort_iterations(x, name, opts, jnp.asarray),
+        iterations=lambda: _softsort_iterations(x, name, opts, jnp.asarray, softsort),
         static_memory=_jax_memory(jitted, args),
     )
 
 
-# -- softsort on NumPy (gradients with softsort.vjp) ------------------------------------------
+# -- softsort on NumPy and CuPy (gradients with softsort.vjp) ----------------------------------
 def _softsort_numpy(name: str, data: Data, opts: Options) -> Runner:
+    return _softsort_eager(name, data, opts, np, lambda a: a, lambda: None)
+
+
+def _softsort_cupy(name: str, data: Data, opts: Options) -> Runner:
+    """softsort on CuPy arrays (the GPU run); results are waited for with a stream sync."""
+    import cupy as cp
+
+    runner = _softsort_eager(name, data, opts, cp, cp.asarray, cp.cuda.Stream.null.synchronize)
+    runner.to_numpy = lambda out: tuple(cp.asnumpy(t) for t in out) if isinstance(out, tuple) else cp.asnumpy(out)
+    runner.memory_method = "none"
+    return runner
+
+
+def _softsort_eager(
+    name: str, data: Data, opts: Options, xp: Any, asarray: Callable[[np.ndarray], Any], sync: Callable[[], None]
+) -> Runner:
     import softsort
 
     o = opts.softsort()
-    x = data.x
+    x = asarray(data.x)
     forward = _softsort_forward(name, o)
+    grad_of = {
+        "G1": (softsort.ranks, {}, lambda out: loss_grad_numpy(out, xp.asarray(data.onehot))),
+        "G7": (softsort.topk_mask, {"k": EXPERTS_K}, balance_loss_grad_numpy),
+        "G8": (softsort.ranks, {}, lambda out: spearman_loss_grad_numpy(out, xp.asarray(data.true_ranks))),
+    }
     if forward is not None:
-        run: Callable[[], Any] = lambda: forward(x)
-    elif name == "G1":
 
         def run() -> Any:
-            r, pullback = softsort.vjp(softsort.ranks, x, axis=-1, **o)
-            value, ct = loss_grad_numpy(r, data.onehot)
-            return value, pullback(ct.astype(np.float32))
+            out = forward(x)
+            sync()
+            return out
+
+    elif name in grad_of:
+        op, kw, loss = grad_of[name]
+
+        def run() -> Any:
+            out, pullback = softsort.vjp(op, x, axis=-1, **kw, **o)
+            value, ct = loss(out)
+            grad = pullback(ct.astype(x.dtype))
+            sync()
+            return value, grad
 
     else:
+        w = asarray(data.w)
 
         def run() -> Any:
             _, pullback = softsort.vjp(softsort.sort, x, **o)
-            return pullback(data.w)
+            grad = pullback(w)
+            sync()
+            return grad
 
     return Runner(
         run=run,
         to_numpy=lambda out: out,
-        iterations=lambda: _softsort_iterations(x, name, opts, np.asarray),
+        iterations=lambda: _softsort_iterations(x, name, opts, asarray),
         memory_method="tracemalloc",
     )
 
@@ -231,12 +355,14 @@ def _softsort_torch(name: str, data: Data, opts: Options) -> Runner:
     import softsort
 
     o = opts.softsort()
-    x = torch.from_numpy(data.x)
+    tensor, to_numpy, synced = _torch_io(opts)
+    x = tensor(data.x)
     forward = _softsort_forward(name, o)
+    loss_of = _loss(name, data, torch, tensor)
     if forward is not None:
         run: Callable[[], Any] = lambda: forward(x)
     elif name == "G1":
-        onehot = torch.from_numpy(data.onehot)
+        onehot = tensor(data.onehot)
 
         def run() -> Any:
             logits = x.detach().requires_grad_(True)
@@ -245,24 +371,54 @@ def _softsort_torch(name: str, data: Data, opts: Options) -> Runner:
             (grad,) = torch.autograd.grad(value, logits)
             return value.detach(), grad
 
+    elif loss_of is not None:
+        op = _softsort_forward("W7" if name == "G7" else "W8", o)
+
+        def run() -> Any:
+            xx = x.detach().requires_grad_(True)
+            value = loss_of(op(xx))
+            (grad,) = torch.autograd.grad(value, xx)
+            return value.detach(), grad
+
     else:
-        w = torch.from_numpy(data.w)
+        w = tensor(data.w)
 
         def run() -> Any:
             xx = x.detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(torch.sum(w * softsort.sort(xx, **o)), xx)
             return grad
 
+    return Runner(
+        run=synced(run),
+        to_numpy=to_numpy,
+        iterations=lambda: _softsort_iterations(x, name, opts, tensor),
+    )
+
+
+def _torch_io(opts: Options) -> tuple[Callable[[np.ndarray], Any], Callable[[Any], Any], Callable[[Any], Any]]:
+    """Tensors on ``opts.device``, results back to NumPy, and a run that waits for CUDA."""
+    import torch
+
+    def tensor(a: np.ndarray) -> Any:
+        return torch.from_numpy(a).to(opts.device)
+
     def to_numpy(out: Any) -> Any:
         if isinstance(out, tuple):
-            return tuple(t.detach().numpy() for t in out)
-        return out.detach().numpy()
+            return tuple(t.detach().cpu().numpy() for t in out)
+        return out.detach().cpu().numpy()
 
-    return Runner(
-        run=run,
-        to_numpy=to_numpy,
-        iterations=lambda: _softsort_iterations(x, name, opts, torch.from_numpy),
-    )
+    def synced(run: Callable[[], Any]) -> Callable[[], Any]:
+        if not opts.device.startswith("cuda"):
+            return run
+
+        def waited() -> Any:
+            out = run()
+            torch.cuda.synchronize()
+            return out
+
+        return waited
+
+    return tensor, to_numpy, synced
 
 
 # -- OTT-JAX 0.6 ott.tools.soft_sort ----------------------------------------------------------
@@ -304,6 +460,14 @@ def _ott_function(name: str, data: Data, kw: dict[str, Any], forward_only: bool 
         return lambda x: ots.sort(x, axis=-1, topk=TOPK, **kw)
     if name == "W6":
         return lambda x: ots.quantile(x, 0.5, axis=-1, **kw)
+    if name == "W7" or (forward_only and name == "G7"):
+        return lambda x: ots.topk_mask(x, axis=-1, k=EXPERTS_K, **kw)
+    if name == "W8" or (forward_only and name == "G8"):
+        return lambda x: ots.ranks(x, axis=-1, **kw)
+    loss_of = _loss(name, data, jnp, jnp.asarray)
+    if loss_of is not None:
+        op = _ott_function("W7" if name == "G7" else "W8", data, kw)
+        return jax.value_and_grad(lambda x: loss_of(op(x)))
     if name == "G1":
         onehot = jnp.asarray(data.onehot)
 
@@ -342,7 +506,7 @@ def _ott(name: str, data: Data, opts: Options) -> Runner:
 
 def _ott_unrolled(name: str, data: Data, opts: Options) -> Runner:
     """OTT with ``implicit_diff=None``: backpropagation through the Sinkhorn iterations."""
-    if name not in ("G1", "G2"):
+    if name[0] != "G":
         raise NotApplicable("only for gradients (forward is the same as 'ott')")
     return _ott_runner(name, data, {**opts.solver(), "implicit_diff": None})
 
@@ -353,7 +517,8 @@ def _torchsort(name: str, data: Data, opts: Options) -> Runner:
     import torchsort
 
     s = opts.torchsort_strength
-    x = torch.from_numpy(data.x)
+    tensor, to_numpy, synced = _torch_io(opts)
+    x = tensor(data.x)
     x2 = x if x.ndim == 2 else x[None]
 
     def soft_sort(t: Any) -> Any:
@@ -364,8 +529,19 @@ def _torchsort(name: str, data: Data, opts: Options) -> Runner:
 
     if name in ("W1", "W2"):
         run: Callable[[], Any] = lambda: soft_sort(x2)
-    elif name in ("W3", "W4"):
+    elif name in ("W3", "W4", "W8"):
         run = lambda: soft_rank(x2)
+    elif name in ("W7", "G7"):
+        raise NotApplicable("torchsort has no top-k mask")
+    elif name == "G8":
+        loss_of = _loss(name, data, torch, torch.from_numpy)
+
+        def run() -> Any:
+            xx = x.detach().requires_grad_(True)
+            value = loss_of(soft_rank(xx))
+            (grad,) = torch.autograd.grad(value, xx)
+            return value.detach(), grad
+
     elif name == "W5":
         run = lambda: soft_sort(x2)[..., -TOPK:]  # no top-k operator: full sort, then slice
     elif name == "W6":
@@ -376,7 +552,7 @@ def _torchsort(name: str, data: Data, opts: Options) -> Runner:
             return (ys[..., (n - 1) // 2] + ys[..., n // 2]) / 2
 
     elif name == "G1":
-        onehot = torch.from_numpy(data.onehot)
+        onehot = tensor(data.onehot)
 
         def run() -> Any:
             logits = x.detach().requires_grad_(True)
@@ -385,16 +561,12 @@ def _torchsort(name: str, data: Data, opts: Options) -> Runner:
             return value.detach(), grad
 
     else:
-        w = torch.from_numpy(data.w)
+        w = tensor(data.w)
 
         def run() -> Any:
             xx = x.detach().requires_grad_(True)
-            (grad,) = torch.autograd.grad(torch.sum(w * soft_sort(xx[None])[0]), xx)
+            ys = soft_sort(xx if xx.ndim == 2 else xx[None]).reshape(xx.shape)
+            (grad,) = torch.autograd.grad(torch.sum(w * ys), xx)
             return grad
 
-    def to_numpy(out: Any) -> Any:
-        if isinstance(out, tuple):
-            return tuple(t.detach().numpy() for t in out)
-        return out.detach().numpy()
-
-    return Runner(run=run, to_numpy=to_numpy)
+    return Runner(run=synced(run), to_numpy=to_numpy)

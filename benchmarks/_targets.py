@@ -7,6 +7,7 @@ committed report; ``bench.py`` writes it after each run. Every figure comes from
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -35,6 +36,55 @@ def _date(report: dict) -> str:
     except (OSError, subprocess.CalledProcessError):
         out = ""
     return f"{out} (the day the report was committed)" if out else "on an unrecorded date"
+
+
+def _list_table(rows: list[tuple[str, str]]) -> list[str]:
+    lines = [".. list-table::", "   :header-rows: 1", "", "   * - target", "     - result"]
+    for target, result in rows:
+        lines += [f"   * - {target}", f"     - {result}"]
+    return lines
+
+
+def round_two_rows(report: dict) -> list[tuple[str, str]]:
+    """Issue #16's targets, from the report's ratios (absent figures: the row says so)."""
+    r = report["ratios"]
+    rows: list[tuple[str, str]] = []
+    base = report["options"].get("base") or "the base revision"
+    speed = {w: r.get(f"{w} speedup softsort-jax over softsort-jax-base") for w in ("W3", "G1", "W7", "G7", "W8", "G8")}
+    found = {w: x for w, x in speed.items() if x is not None}
+    if found:
+        text = ", ".join(f"{w} {x:.2f}x" for w, x in found.items())
+        ok = all(found.get(w, 0) >= 4 for w in ("W3", "G1", "W7", "W8"))
+        rows.append((f"W3, G1, W7, W8 at least 4x faster than softsort-JAX at {base}", f"{text} -- {_met(ok)}"))
+    ts = {w: r.get(f"{w} softsort-jax time / torchsort time") for w in ("W3", "G1", "W8", "G8")}
+    found = {w: x for w, x in ts.items() if x is not None}
+    if found:
+        text = ", ".join(f"{w} {x:.3g}x torchsort's time" for w, x in found.items())
+        ok = all(found.get(w, math.inf) <= 10 for w in ("W3", "G1"))
+        rows.append(("W3 and G1 within 10x of torchsort", f"{text} -- {_met(ok)}"))
+    geo = r.get("W1-W6 geomean speedup softsort-jax over ott")
+    if geo is not None:
+        matched = r.get("W1-W6 geomean speedup softsort-jax-matched (accuracy >= OTT's) over ott")
+        text = f"{geo:.1f}x" + (f" (at equal or better accuracy: {matched:.1f}x)" if matched is not None else "")
+        ok = geo >= 10 and (matched is None or matched >= 10)
+        rows.append(("JAX at least 10x OTT-JAX, geometric mean of W1-W6", f"{text} -- {_met(ok)}"))
+    for mode in ("ott-unrolled", "ott"):
+        g1 = r.get(f"G1 speedup softsort-jax over {mode} (OTT's working mode)")
+        if g1 is not None:
+            rows.append((f"G1 at least 100x OTT-JAX's working mode ({mode})", f"{g1:.0f}x -- {_met(g1 >= 100)}"))
+            break
+    where = "each library in its own process" if report["options"].get("separate") else "all in one process"
+    for lib, label in (("numpy", "NumPy"), ("torch", "PyTorch")):
+        vals = {w: r.get(f"{w} softsort-{lib} time / softsort-jax time") for w in ("W1", "W2", "W4", "W6", "W8")}
+        found = {w: x for w, x in vals.items() if x is not None}
+        if found:
+            text = ", ".join(f"{w} {x:.2f}" for w, x in found.items()) + f" ({where})"
+            ok = len(found) == len(vals) and max(found.values()) <= 2
+            rows.append((f"{label} within 2x of JAX on W1, W2, W4, W6, W8", f"{text} -- {_met(ok)}"))
+    worse = r.get("workloads where softsort-jax is less accurate than OTT-JAX (its error / OTT-JAX's)")
+    if worse is not None:
+        rows.append(("at equal or better accuracy than OTT-JAX (distance to the float64 reference)", str(worse)))
+    return rows
 
 
 def targets_rst(report: dict) -> str:
@@ -95,14 +145,11 @@ def targets_rst(report: dict) -> str:
         + ", ".join(f"{k} {x}" for k, x in v.items())
         + ". One run; timings of runs on a shared machine differ, compare columns of one run.",
         "",
-        ".. list-table::",
-        "   :header-rows: 1",
-        "",
-        "   * - target",
-        "     - result",
     ]
-    for target, result in rows:
-        lines += [f"   * - {target}", f"     - {result}"]
+    two = round_two_rows(report)
+    if two:
+        lines += ["Round two (issue #16):", "", *_list_table(two), "", "Round one (issue #5):", ""]
+    lines += _list_table(rows)
     return "\n".join(lines) + "\n"
 
 

@@ -62,6 +62,7 @@ import _measure  # noqa: E402
 import _targets  # noqa: E402
 import _workloads as wl  # noqa: E402
 
+DOCS_STATIC = os.path.join(os.path.dirname(HERE), "docs", "_static")
 SWEEP_EPS = (1e-2, 1e-3, 1e-4)
 SWEEP_N = (10, 100, 1000)
 SWEEP_MAX_ITERATIONS = 10000
@@ -284,25 +285,21 @@ def ratios(cells: dict, sweep_rows: list[dict]) -> dict[str, Any]:
         return c["median_s"] if c is not None and c["status"] == "ok" else None
 
     out: dict[str, Any] = {}
-    pairs = [(t("ott", w), t("softsort-jax", w)) for w in wl.FORWARD]
-    ok = [(o, s) for o, s in pairs if o is not None and s is not None]
-    if ok:
-        out["W1-W6 geomean speedup softsort-jax over ott"] = _geomean([o / s for o, s in ok])
-        out["W1-W6 geomean: workloads used"] = [w for w, (o, s) in zip(wl.FORWARD, pairs, strict=True) if o and s]
-    pairs = [(t("ott", w), t("softsort-jax-dual", w)) for w in wl.FORWARD]
-    ok = [(o, s) for o, s in pairs if o is not None and s is not None]
-    if ok:
-        out["W1-W6 geomean speedup softsort-jax-dual (init='dual') over ott"] = _geomean([o / s for o, s in ok])
-    pairs = [(t("ott", w), t("softsort-jax-matched", w)) for w in wl.FORWARD]
-    ok = [(o, s) for o, s in pairs if o is not None and s is not None]
-    if ok:
-        out["W1-W6 geomean speedup softsort-jax-matched (accuracy >= OTT's) over ott"] = _geomean(
-            [o / s for o, s in ok]
-        )
-    for lib in ("softsort-jax", "softsort-jax-matched"):
+    for lib, label in (
+        ("softsort-jax", "softsort-jax"),
+        ("softsort-jax-dual", "softsort-jax-dual (init='dual')"),
+        ("softsort-jax-matched", "softsort-jax-matched (accuracy >= OTT's)"),
+    ):
+        pairs = [(w, t("ott", w), t(lib, w)) for w in wl.FORWARD]
+        ok = [(w, o, s) for w, o, s in pairs if o is not None and s is not None]
+        if ok:
+            out[f"W1-W6 geomean speedup {label} over ott"] = _geomean([o / s for _, o, s in ok])
+            if lib == "softsort-jax":
+                out["W1-W6 geomean: workloads used"] = [w for w, _, _ in ok]
+    for lib in ("softsort-jax", "softsort-jax-matched") if any(k[0].startswith("ott") for k in cells) else ():
         worse = {
             w: f"{c['ref_distance'] / target:.4g}x"
-            for w in (*wl.FORWARD, *wl.GRADIENT)
+            for w in wl.WORKLOADS
             if (c := cells.get((lib, w))) is not None
             and c["status"] == "ok"
             and (target := _ott_accuracy(cells, w)) is not None
@@ -314,12 +311,18 @@ def ratios(cells: dict, sweep_rows: list[dict]) -> dict[str, Any]:
         if s_g1 and t(mode, "G1"):
             out[f"G1 speedup softsort-jax over {mode} (OTT's working mode)"] = t(mode, "G1") / s_g1
             break
-    for w in ("W1", "W2", "W4", "W6"):
+    for w in ("W1", "W2", "W4", "W6", "W8"):
         base = t("softsort-jax", w)
         for lib in ("softsort-numpy", "softsort-torch"):
             v = t(lib, w)
             if base and v:
                 out[f"{w} {lib} time / softsort-jax time"] = v / base
+    for w in ("W3", "G1", "W7", "G7", "W8", "G8"):
+        base, now, ts = t("softsort-jax-base", w), t("softsort-jax", w), t("torchsort", w)
+        if base and now:
+            out[f"{w} speedup softsort-jax over softsort-jax-base"] = base / now
+        if now and ts:
+            out[f"{w} softsort-jax time / torchsort time"] = now / ts
     it = [r["softsort"] / r["ott"] for r in sweep_rows if r["epsilon"] <= 1e-3 and r.get("softsort") and r.get("ott")]
     if it:
         out["sweep iterations softsort/ott at eps<=1e-3, geomean"] = _geomean(it)
@@ -328,12 +331,14 @@ def ratios(cells: dict, sweep_rows: list[dict]) -> dict[str, Any]:
 
 
 def report(cells: dict, libs: list[str], names: list[str], sweep_rows: list[dict], meta: dict) -> str:
+    described = meta["workloads"]
+
     def rows(render: Any) -> list[list[str]]:
-        return [[f"{n} {wl.WORKLOADS[n]}"] + [render(cells.get((lib, n)), lib) for lib in libs] for n in names]
+        return [[f"{n} {described[n]}"] + [render(cells.get((lib, n)), lib) for lib in libs] for n in names]
 
     head = ["workload", *libs]
     parts = [
-        "# softsort benchmark (issue #5)",
+        "# softsort benchmark (issues #5 and #16)",
         "",
         f"Machine: {meta['machine']['cpu_model']}, {meta['machine']['usable_cpus']} usable CPUs; "
         f"Python {meta['machine']['python']}; "
@@ -346,6 +351,13 @@ def report(cells: dict, libs: list[str], names: list[str], sweep_rows: list[dict
         f"Mode: {'quick' if meta['options']['quick'] else 'full'}.",
     ]
     parts[-1] += f" Accuracy reference threshold {meta['options']['reference']['threshold']:g}."
+    if meta["options"].get("base"):
+        parts[-1] += f" softsort-jax-base: softsort at revision {meta['options']['base']}."
+    parts[-1] += (
+        " Each library timed in its own process (``--separate``)."
+        if meta["options"].get("separate")
+        else " All libraries timed in this one process."
+    )
     if meta["skipped"]:
         parts += ["", "Skipped libraries: " + "; ".join(f"{k} ({v})" for k, v in meta["skipped"].items())]
     parts += [
@@ -477,7 +489,7 @@ def plot(cells: dict, libs: list[str], names: list[str], path: str) -> str | Non
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="few repeats and a small sweep (a check, < 3 minutes)")
     p.add_argument("--only", default=None, help=f"comma list of {','.join(wl.WORKLOADS)},sweep")
@@ -485,7 +497,61 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epsilon", type=float, default=1e-2)
     p.add_argument("--torchsort-strength", type=float, default=1.0, help="torchsort regularization_strength (l2)")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per cell (default 20; quick 3)")
+    p.add_argument("--rows", type=int, default=None, help="batch of W7, G7, W8, G8 (default 16384 / 4096)")
+    p.add_argument("--base", default=_libs.BASE_REVISION, help="git revision that softsort-jax-base runs")
+    p.add_argument("--separate", action="store_true", help="time each library in its own process")
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="output folder")
+    # internal, for --separate: one library's cells to a file; other libraries' cells to read
+    p.add_argument("--cells-out", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--cells-in", default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def _separate(argv: list[str], libs: list[str], wanted: list[str], tmp: str) -> tuple[dict, list[dict]]:
+    """Run this script once per library (and once for the sweep), each in a fresh process.
+
+    Libraries then cannot disturb each other (thread pools, allocator state, XLA's
+    compilation threads). ``softsort-jax-matched`` runs after OTT-JAX and reads its cells
+    (it matches OTT-JAX's accuracy); the timing rounds are per process.
+    """
+    import subprocess
+
+    cells: dict[tuple[str, str], dict] = {}
+    forward = [a for a in argv if a != "--separate"]
+    forward = [a for k, a in enumerate(forward) if a != "--libs" and (k == 0 or forward[k - 1] != "--libs")]
+    forward = [a for k, a in enumerate(forward) if a != "--only" and (k == 0 or forward[k - 1] != "--only")]
+    names = ",".join(w for w in wanted if w != "sweep")
+    for lib in libs:
+        if not names:
+            break
+        path = os.path.join(tmp, f"{lib}.json")
+        cmd = [sys.executable, os.path.abspath(__file__), *forward, "--libs", lib, "--only", names]
+        cmd += ["--cells-out", path, "--out", os.path.join(tmp, lib)]
+        if lib == "softsort-jax-matched":
+            cmd += ["--cells-in", ",".join(os.path.join(tmp, f"{o}.json") for o in ("ott", "ott-unrolled"))]
+        print(f"== {lib} in its own process", flush=True)
+        subprocess.run(cmd, check=False)
+        if os.path.exists(path):
+            with open(path) as fh:
+                for c in json.load(fh):
+                    cells[(c["library"], c["workload"])] = c
+    sweep_rows: list[dict] = []
+    if "sweep" in wanted:
+        path = os.path.join(tmp, "sweep.json")
+        sweep_libs = ",".join(lib for lib in libs if lib in ("softsort-jax", "softsort-torch", "softsort-numpy", "ott"))
+        cmd = [sys.executable, os.path.abspath(__file__), *forward, "--libs", sweep_libs, "--only", "sweep"]
+        subprocess.run([*cmd, "--cells-out", path, "--out", os.path.join(tmp, "sweep")], check=False)
+        if os.path.exists(os.path.join(tmp, "sweep", "results.json")):
+            with open(os.path.join(tmp, "sweep", "results.json")) as fh:
+                sweep_rows = json.load(fh)["sweep"]
+    return cells, sweep_rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    import tempfile
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = _parser()
     args = p.parse_args(argv)
     args.warmup = 1 if args.quick else 2
     args.repeats = args.repeats or (3 if args.quick else 20)
@@ -501,6 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown workload or library: {', '.join(unknown)}")
     names = [w for w in wl.WORKLOADS if w in wanted]
+    rows = {n: args.rows or wl.DEFAULT_ROWS[n] for n in names if n in wl.DEFAULT_ROWS}
 
     skipped = {}
     for lib in list(libs):
@@ -509,20 +576,92 @@ def main(argv: list[str] | None = None) -> int:
             print(f"SKIP {lib}: {reason}", flush=True)
             skipped[lib] = reason
             libs.remove(lib)
-    if any(lib in _libs.JAX_LIBS for lib in libs):
+    if not args.separate and any(lib in _libs.JAX_LIBS for lib in libs):
         import jax
 
         if jax.config.jax_enable_x64:
             print("note: JAX_ENABLE_X64 is on; inputs stay float32", flush=True)
+    if "softsort-jax-base" in libs and not args.separate:
+        _libs.base_softsort(args.base)
 
     t_start = time.perf_counter()
     load_before = list(os.getloadavg())
     cells: dict[tuple[str, str], dict] = {}
-    ref_thr, ref_max = (1e-7, 100_000) if args.quick else (1e-9, 100_000)
+    sweep_rows: list[dict] = []
+    if args.separate:
+        with tempfile.TemporaryDirectory() as tmp:
+            cells, sweep_rows = _separate(argv, libs, wanted, tmp)
+    else:
+        for path in (args.cells_in or "").split(","):
+            if path and os.path.exists(path):
+                with open(path) as fh:
+                    cells.update({(c["library"], c["workload"]): c for c in json.load(fh)})
+        _measure_all(cells, libs, names, rows, args)
+        sweep_rows = sweep(libs, args) if "sweep" in wanted else []
+    if args.cells_out:  # a child of --separate: its library's cells only
+        with open(args.cells_out, "w") as fh:
+            json.dump([c for (lib, _), c in cells.items() if lib in libs], fh, default=str)
+        if "sweep" not in wanted:
+            return 0
+
+    versions = {m: _libs.version(m) for m in ("softsort", "numpy", "jax", "jaxlib", "torch", "ott", "torchsort")}
+    if "torch" in sys.modules:
+        versions["torch_threads"] = sys.modules["torch"].get_num_threads()
+    ref_thr, ref_max = _reference_options(args)
+    meta: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": _measure.machine(),
+        "versions": versions,
+        "options": {
+            "epsilon": args.epsilon,
+            "torchsort_strength": args.torchsort_strength,
+            "quick": args.quick,
+            "repeats": args.repeats,
+            "rounds": args.rounds,
+            "warmup": args.warmup,
+            "rows": rows,
+            "separate": args.separate,
+            "base": args.base if "softsort-jax-base" in libs else None,
+            "softsort_path": os.path.dirname(sys.modules["softsort"].__file__) if "softsort" in sys.modules else None,
+            "reference": {"dtype": "float64", "backend": "numpy", "threshold": ref_thr, "max_iterations": ref_max},
+        },
+        "skipped": skipped,
+        "workloads": {n: wl.describe(n, rows.get(n, 0)) for n in names},
+    }
+    meta["machine"]["load_average_at_start"] = load_before
+    meta["ratios"] = ratios(cells, sweep_rows)
+    cells = {k: c for k, c in cells.items() if k[0] in libs}
+    text = report(cells, libs, names, sweep_rows, meta)
+    print()
+    print(text)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(text)
+    full = {**meta, "cells": list(cells.values()), "sweep": sweep_rows}
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(full, f, indent=1, default=str)
+    _targets.write(full, args.out)  # docs/performance.rst
+    msg = plot(cells, libs, names, os.path.join(args.out, "timings.png"))
+    if msg is None and os.path.abspath(args.out) == os.path.join(HERE, "results"):
+        import shutil  # the performance page's figure: the committed run's plot
+
+        shutil.copyfile(os.path.join(args.out, "timings.png"), os.path.join(DOCS_STATIC, "benchmark_timings.png"))
+    print(msg or f"wrote {args.out}/results.md, results.json, timings.png", flush=True)
+    print(f"total {time.perf_counter() - t_start:.0f} s", flush=True)
+    return 0
+
+
+def _reference_options(args: Any) -> tuple[float, int]:
+    return (1e-7, 100_000) if args.quick else (1e-9, 100_000)
+
+
+def _measure_all(cells: dict, libs: list[str], names: list[str], rows: dict[str, int], args: Any) -> None:
+    """Every (library, workload) cell of this process, workload by workload."""
+    ref_thr, ref_max = _reference_options(args)
     # OTT's failing implicit solve logs a long lineax traceback from a callback; the cell says FAIL
     logging.getLogger("jax._src.callback").setLevel(logging.CRITICAL)
     for name in names:
-        data = wl.make_data(name)
+        data = wl.make_data(name, rows.get(name))
         hard = wl.hard(name, data)
         ref = None
         if any(lib != "torchsort" for lib in libs):
@@ -541,43 +680,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"err {_fmt(c, 'ref_distance', '.2e')}  hard {_fmt(c, 'hard_distance', '.2e')}",
                 flush=True,
             )
-    sweep_rows = sweep(libs, args) if "sweep" in wanted else []
-
-    versions = {m: _libs.version(m) for m in ("softsort", "numpy", "jax", "jaxlib", "torch", "ott", "torchsort")}
-    if "torch" in sys.modules:
-        versions["torch_threads"] = sys.modules["torch"].get_num_threads()
-    meta: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": _measure.machine(),
-        "versions": versions,
-        "options": {
-            "epsilon": args.epsilon,
-            "torchsort_strength": args.torchsort_strength,
-            "quick": args.quick,
-            "repeats": args.repeats,
-            "rounds": args.rounds,
-            "warmup": args.warmup,
-            "softsort_path": os.path.dirname(sys.modules["softsort"].__file__) if "softsort" in sys.modules else None,
-            "reference": {"dtype": "float64", "backend": "numpy", "threshold": ref_thr, "max_iterations": ref_max},
-        },
-        "skipped": skipped,
-        "workloads": {n: wl.WORKLOADS[n] for n in names},
-    }
-    meta["machine"]["load_average_at_start"] = load_before
-    meta["ratios"] = ratios(cells, sweep_rows)
-    text = report(cells, libs, names, sweep_rows, meta)
-    print()
-    print(text)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "results.md"), "w") as f:
-        f.write(text)
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({**meta, "cells": list(cells.values()), "sweep": sweep_rows}, f, indent=1, default=str)
-    _targets.write({**meta, "cells": list(cells.values()), "sweep": sweep_rows}, args.out)  # docs/performance.rst
-    msg = plot(cells, libs, names, os.path.join(args.out, "timings.png"))
-    print(msg or f"wrote {args.out}/results.md, results.json, timings.png", flush=True)
-    print(f"total {time.perf_counter() - t_start:.0f} s", flush=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from typing import Any
@@ -29,18 +27,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 import _workloads as wl  # noqa: E402
-
-
-def _extract(rev: str, into: str) -> None:
-    archive = subprocess.run(
-        ["git", "archive", "--format=tar", rev, "softsort"], cwd=os.path.dirname(HERE), check=True, capture_output=True
-    ).stdout
-    path = os.path.join(into, "old.tar")
-    with open(path, "wb") as fh:
-        fh.write(archive)
-    with tarfile.open(path) as tar:
-        tar.extractall(into, filter="data")
-    os.rename(os.path.join(into, "softsort"), os.path.join(into, "softsort_old"))
+from _libs import extract_revision  # noqa: E402
 
 
 def _call(mod: Any, name: str) -> Any:
@@ -73,7 +60,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=15)
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        _extract(args.old, tmp)
+        extract_revision(args.old, tmp, "softsort_old")
         sys.path.insert(0, tmp)
         import softsort_old
 
