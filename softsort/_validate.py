@@ -28,6 +28,7 @@ _SOLVER_OPTIONS = {
     "momentum": "adaptive",
     "init": "auto",
     "memory_budget": 2**30,
+    "newton": False,
 }
 OPTION_NAMES = ("epsilon", "squashing_fun", *_SOLVER_OPTIONS)
 _IMPLICIT_SOLVERS = ("auto", "dense", "cg")
@@ -284,6 +285,10 @@ def options(fname: str, given: dict[str, Any]) -> tuple[Any, Any, SolverConfig]:
         if momentum == "adaptive" and number >= ACCELERATE_BELOW:
             momentum = 1.0  # what the adaptive rule picks there; known plain, the steps are cheaper
     budget = as_int(fname, "memory_budget", merged["memory_budget"], 1)
+    newton = merged["newton"]
+    if not isinstance(newton, bool):
+        msg = f"{fname}() option 'newton' must be True or False, got {_short(newton)}"
+        raise TypeError(msg)
     config = SolverConfig(
         threshold=float(threshold),
         max_iterations=max_it,
@@ -294,6 +299,7 @@ def options(fname: str, given: dict[str, Any]) -> tuple[Any, Any, SolverConfig]:
         momentum=momentum,
         init=init,
         memory_budget=budget,
+        newton=newton,
     )
     return epsilon, squash, config
 

@@ -44,11 +44,12 @@ class SolverConfig:
     init: str = "auto"
     #: Iterate in kernel space after a first log-domain step (see _sinkhorn._kernel_steps).
     kernel_steps: bool = True
-    #: Rows with at most ``_newton.NEWTON_MAX_TARGETS`` targets still running after
-    #: ``_newton.NEWTON_AFTER`` iterations continue with Newton steps on the semi-dual
-    #: (implicit differentiation only; see :mod:`softsort._core._newton`). Off: plain
-    #: Sinkhorn throughout (internal: the tests' reference path, the blocked solver's).
-    newton: bool = True
+    #: The public ``newton`` option: rows with at most ``_newton.NEWTON_MAX_TARGETS``
+    #: targets still running after ``_newton.NEWTON_AFTER`` iterations continue with Newton
+    #: steps on the semi-dual (implicit differentiation only; see
+    #: :mod:`softsort._core._newton`). Off by default: under jax.jit it doubles the solve's
+    #: compile time, and it made G1 about 10% slower (docs/performance.rst).
+    newton: bool = False
     #: "adaptive" over-relaxation, or a fixed factor in [1, 2) (1 = plain Sinkhorn).
     momentum: str | float = "adaptive"
     #: "auto" (dense up to ``dense_limit`` unknowns, conjugate gradients beyond: for n = m =
