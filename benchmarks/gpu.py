@@ -92,11 +92,6 @@ def make_data(name: str, rows: int, n: int) -> wl.Data:
     return wl.Data(x)
 
 
-def hard(name: str, data: wl.Data) -> np.ndarray:
-    """The hard operator on every row (G1's margin is for 10 classes, as on the CPU)."""
-    return wl.hard(name, data)
-
-
 def run_cell(lib: str, name: str, data: wl.Data, opts: _libs.Options, args: Any) -> tuple[dict, np.ndarray | None]:
     cell: dict[str, Any] = {"library": lib, "workload": name, "shape": list(data.x.shape)}
     try:
@@ -211,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.only.split(","):
         rows, n = SHAPES[args.scale][name]
         data = make_data(name, rows, n)
-        exact = hard(name, data)
+        exact = wl.hard(name, data)
         outs: dict[str, np.ndarray] = {}
         for lib in libs:
             cell, out = run_cell(lib, name, data, opts, args)
