@@ -111,3 +111,35 @@ def test_shard_map_gradient_keeps_sharding(mesh) -> None:
     g = compiled(x, cot)
     assert_own_rows(g, x)
     np.testing.assert_allclose(np.asarray(g), REF_GRAD, atol=1e-10)
+
+
+@pytest.mark.slow
+def test_jit_gradient_at_small_epsilon_solves_without_lapack_calls(mesh) -> None:
+    """The implicit backward's dense solve, on a batch large enough for LAPACK to go parallel.
+
+    jaxlib's batched LU splits such a batch into tasks on XLA's thread pool and blocks a pool
+    thread until they finish; two host devices doing so at once on two cores hung for ever
+    (16 rows of 32, epsilon 1e-3: the exact-dual start). On several host devices the adapter
+    solves by elimination instead: the compiled program has no LAPACK call, keeps each device
+    on its own rows, and gives NumPy's value and gradient.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    rows = np.random.default_rng(2).normal(size=(16, 32))
+    cot = np.random.default_rng(3).normal(size=(16, 32))
+    kwargs = dict(epsilon=1e-3, init="dual")
+    ref_out, pullback = softsort.vjp(softsort.ranks, rows, **kwargs)
+
+    def small_eps_loss(a, c):
+        return jnp.sum(softsort.ranks(a, **kwargs) * c)
+
+    x, c = shard(mesh, rows), shard(mesh, cot)
+    compiled = jax.jit(jax.value_and_grad(small_eps_loss)).lower(x, c).compile()
+    hlo = compiled.as_text()
+    assert re.search(r"custom_call_target=\"lapack", hlo) is None
+    assert "f64[8,32,32]" in hlo and re.search(r"\bf64\[16,32,32\]", hlo) is None
+    v, g = compiled(x, c)
+    assert_own_rows(g, x)
+    np.testing.assert_allclose(float(v), float(np.sum(ref_out * cot)), rtol=1e-9)
+    np.testing.assert_allclose(np.asarray(g), pullback(cot), atol=1e-7)

@@ -34,10 +34,6 @@ from ._config import SolverConfig
 from ._planop import DensePlan
 
 
-def _dense_solve(xp: Any, mat: Any, rhs: Any) -> Any:
-    return xp.linalg.solve(mat, rhs[..., None])[..., 0]
-
-
 def _cg_solve(backend: Any, config: SolverConfig, matvec: Any, diag: Any, rhs: Any) -> Any:
     """Jacobi-preconditioned conjugate gradients, batched, jit-safe (fixed-shape state)."""
     xp = backend.xp
@@ -116,7 +112,7 @@ def _marginal_solve(backend: Any, config: SolverConfig, plan: Any, ra: Any, rb: 
         eye = xp.eye(k, dtype=a.dtype, device=device(a))
         schur = small[..., None] * eye - p_bs.gram(inv_big)
         schur = schur + pin[..., None] + ridge[..., None] * eye
-        x_small = _dense_solve(xp, schur, rhs)
+        x_small = backend.dense_solve(schur, rhs)
     else:
 
         def matvec(v: Any) -> Any:

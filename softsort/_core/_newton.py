@@ -119,7 +119,7 @@ def newton_step(backend: Any, cost: Any, a: Any, b: Any, g: Any) -> tuple[Any, A
     diagonal = xp.where(valid, c + ridge, xp.ones_like(c))
     mat = xp.where(pair, 1.0 / count**2 - outer, xp.zeros_like(outer)) + eye * diagonal[..., None, :]
     rhs = xp.where(valid, b - c, xp.zeros_like(c))
-    delta = xp.linalg.solve(mat, rhs[..., None])[..., 0]
+    delta = backend.dense_solve(mat, rhs)
     size = xp.max(xp.abs(delta), axis=-1, keepdims=True)
     capped = size > MAX_STEP
     delta = delta * xp.where(capped, MAX_STEP / xp.where(capped, size, ones[..., :1]), ones[..., :1])

@@ -159,6 +159,14 @@ class Backend:
         del matvec
         return solve(rhs)
 
+    def dense_solve(self, mat: Any, rhs: Any) -> Any:
+        """``mat^{-1} rhs`` for a batch: ``mat`` (..., k, k), ``rhs`` (..., k) -> (..., k).
+
+        Differentiable like ``linalg.solve``. An adapter may route it around a library's
+        defect (JAX's, on several host CPU devices).
+        """
+        return self.xp.linalg.solve(mat, rhs[..., None])[..., 0]
+
     # -- optional fast paths ----------------------------------------------------------
     def clip(self, x: Any, low: float | None, high: float | None) -> Any:
         """``x`` clipped to ``[low, high]`` (``None``: no bound), NaN kept; Python float bounds.

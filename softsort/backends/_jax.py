@@ -117,6 +117,29 @@ class JaxBackend(Backend):
         # the solve implicitly (symmetric: the transpose is the same solve).
         return jax.lax.custom_linear_solve(matvec, rhs, lambda _, r: solve(r), symmetric=True)
 
+    def dense_solve(self, mat: Any, rhs: Any) -> Any:
+        if not _host_devices_share_one_pool():
+            return jnp.linalg.solve(mat, rhs[..., None])[..., 0]
+        # jaxlib's batched LAPACK kernels (LU here) split a large batch into tasks on XLA's
+        # intra-op thread pool and block a pool thread until those finish. Several host CPU
+        # devices run their kernels on that one pool: once every pool thread is such a
+        # waiting caller nothing runs the tasks, and the program hangs (seen: jit of
+        # value_and_grad of ranks on 2 host devices and 2 cores). So there the solve is
+        # plain array operations, which also keep each device on its own rows. The matrices
+        # of the core (Schur complements, Newton steps) carry a ridge: elimination without
+        # pivoting is stable on them. Differentiated as a linear solve (implicitly), not
+        # through the elimination's k steps.
+        batch = jnp.broadcast_shapes(mat.shape[:-2], rhs.shape[:-1])
+        mat = jnp.broadcast_to(mat, (*batch, *mat.shape[-2:]))
+        rhs = jnp.broadcast_to(rhs, (*batch, rhs.shape[-1]))
+        fixed = jax.lax.stop_gradient(mat)
+        return jax.lax.custom_linear_solve(
+            lambda v: (mat @ v[..., None])[..., 0],
+            rhs,
+            lambda _, r: _eliminate(fixed, r),
+            transpose_solve=lambda _, r: _eliminate(jnp.swapaxes(fixed, -1, -2), r),
+        )
+
     def logsumexp(self, x: Any, axis: int) -> Any:
         return jax.nn.logsumexp(x, axis=axis)
 
@@ -169,3 +192,24 @@ def _zero_tangent(x: Any) -> Any:
 def _instantiate(t: Any, primal: Any) -> Any:
     """An input tangent as an array (zeros where JAX passes a symbolic zero)."""
     return jnp.zeros_like(primal) if isinstance(t, SymbolicZero) else t
+
+
+def _host_devices_share_one_pool() -> bool:
+    """Whether JAX computes on several CPU devices of this process (they share one thread pool)."""
+    return jax.default_backend() == "cpu" and jax.local_device_count() > 1
+
+
+def _eliminate(mat: Any, rhs: Any) -> Any:
+    """``mat^{-1} rhs`` by Gauss-Jordan elimination without pivoting: ``k`` batched rank-1 updates."""
+    k = mat.shape[-1]
+    rows = jnp.arange(k)
+    aug = jnp.concatenate([mat, rhs[..., None]], axis=-1)  # (..., k, k + 1)
+
+    def step(j: Any, aug: Any) -> Any:
+        pivot = jnp.take(aug, j, axis=-2)  # row j, (..., k + 1)
+        pivot = pivot / jnp.take(pivot, j, axis=-1)[..., None]
+        col = jnp.where(rows == j, 0.0, jnp.take(aug, j, axis=-1))  # column j off the pivot
+        aug = aug - col[..., :, None] * pivot[..., None, :]
+        return jnp.where((rows == j)[:, None], pivot[..., None, :], aug)
+
+    return jax.lax.fori_loop(0, k, step, aug)[..., -1]
