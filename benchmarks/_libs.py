@@ -36,7 +36,7 @@ from _workloads import (
 LIBS = (
     "softsort-jax",
     "softsort-jax-base",  # softsort at another git revision (--base), jitted: a speed-up over it
-    "softsort-jax-dual",
+    "softsort-jax-ottpath",
     "softsort-numpy",
     "softsort-torch",
     "ott",
@@ -44,7 +44,7 @@ LIBS = (
     "softsort-jax-matched",  # after OTT-JAX: its threshold is chosen to match OTT-JAX's accuracy
     "torchsort",
 )
-JAX_LIBS = ("softsort-jax", "softsort-jax-base", "softsort-jax-dual", "ott", "ott-unrolled", "softsort-jax-matched")
+JAX_LIBS = ("softsort-jax", "softsort-jax-base", "softsort-jax-ottpath", "ott", "ott-unrolled", "softsort-jax-matched")
 
 #: The revision ``softsort-jax-base`` runs (``bench.py --base``): the round-two baseline.
 BASE_REVISION = "6d31c35"
@@ -91,7 +91,8 @@ class Options:
     max_iterations: int = 2000
     inner_iterations: int = 10
     torchsort_strength: float = 1.0
-    init: str = "auto"  # softsort's start; "softsort-jax-dual" sets "dual"
+    init: str = "auto"  # softsort's start; "softsort-jax-ottpath" sets "zeros"
+    momentum: str | float = "adaptive"  # softsort's over-relaxation; "softsort-jax-ottpath" sets 1.0
     #: PyTorch's device ("cuda" in benchmarks/gpu.py); JAX uses its default device.
     device: str = "cpu"
     #: softsort's ``memory_budget`` (None: its default); the GPU run raises it.
@@ -100,7 +101,7 @@ class Options:
     def softsort(self) -> dict[str, Any]:
         """softsort's options: the shared solver options, its start and memory budget."""
         extra = {} if self.memory_budget is None else {"memory_budget": self.memory_budget}
-        return {**self.solver(), "init": self.init, **extra}
+        return {**self.solver(), "init": self.init, "momentum": self.momentum, **extra}
 
     def solver(self) -> dict[str, Any]:
         """The Sinkhorn options softsort and OTT-JAX share."""
@@ -135,7 +136,7 @@ def available(lib: str) -> str | None:
     needs = {
         "softsort-jax": ("softsort", "jax"),
         "softsort-jax-base": ("softsort", "jax"),
-        "softsort-jax-dual": ("softsort", "jax"),
+        "softsort-jax-ottpath": ("softsort", "jax"),
         "softsort-jax-matched": ("softsort", "jax"),
         "softsort-numpy": ("softsort",),
         "softsort-torch": ("softsort", "torch"),
@@ -168,7 +169,7 @@ def build(lib: str, name: str, data: Data, opts: Options) -> Runner:
     return {
         "softsort-jax": _softsort_jax,
         "softsort-jax-base": lambda n, d, o: _softsort_jax(n, d, o, base_softsort()),
-        "softsort-jax-dual": lambda n, d, o: _softsort_jax(n, d, dataclasses.replace(o, init="dual")),
+        "softsort-jax-ottpath": lambda n, d, o: _softsort_jax(n, d, dataclasses.replace(o, init="zeros", momentum=1.0)),
         "softsort-jax-matched": _softsort_jax,  # bench.py sets the threshold
         "softsort-numpy": _softsort_numpy,
         "softsort-torch": _softsort_torch,

@@ -287,7 +287,7 @@ def ratios(cells: dict, sweep_rows: list[dict]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for lib, label in (
         ("softsort-jax", "softsort-jax"),
-        ("softsort-jax-dual", "softsort-jax-dual (init='dual')"),
+        ("softsort-jax-ottpath", "softsort-jax-ottpath (OTT-JAX's path: init='zeros', momentum=1)"),
         ("softsort-jax-matched", "softsort-jax-matched (accuracy >= OTT's)"),
     ):
         pairs = [(w, t("ott", w), t(lib, w)) for w in wl.FORWARD]

@@ -6,8 +6,9 @@ benchmark's float32 inputs, so both see the same machine load. Example::
 
     python benchmarks/compare_commits.py --old HEAD~1 --backends numpy,jax --only W1,W3
 
-Prints median ms per workload and backend for old and new, and the largest difference
-between their outputs.
+Prints median ms per workload and backend for old and new, the largest difference between
+their outputs and, with ``--accuracy``, each one's largest distance to the float64 reference
+of the benchmark (threshold 1e-10).
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ def _call(mod: Any, name: str) -> Any:
         return functools.partial(mod.sort, topk=wl.TOPK)
     if name == "W6":
         return functools.partial(mod.quantile, q=0.5)
-    if name in ("W3", "W4"):
+    if name == "W7":
+        return functools.partial(mod.topk_mask, k=wl.EXPERTS_K)
+    if name in ("W3", "W4", "W8"):
         return mod.ranks
     return mod.sort
 
@@ -56,7 +59,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--old", required=True, help="git revision to compare against")
     p.add_argument("--backends", default="numpy,jax,torch")
-    p.add_argument("--only", default=",".join(wl.FORWARD), help="forward workloads W1-W6")
+    p.add_argument("--only", default=",".join((*wl.FORWARD, "W7", "W8")), help="forward workloads W1-W8")
+    p.add_argument("--accuracy", action="store_true", help="also the distance to the float64 reference")
     p.add_argument("--repeats", type=int, default=15)
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,6 +70,7 @@ def main() -> int:
 
         import softsort
 
+        refs: dict[str, np.ndarray] = {}
         for backend in args.backends.split(","):
             for name in args.only.split(","):
                 x = wl.make_data(name).x
@@ -85,7 +90,13 @@ def main() -> int:
                     cells.append(f"{label} {_median_ms(f, xx, args.repeats):.2f}")
                     outs[label] = np.asarray(f(xx))
                 diff = float(np.abs(outs["old"] - outs["new"]).max())
-                print(f"{backend:6s} {name}: " + " | ".join(cells) + f"  (max |old - new| {diff:.2e})", flush=True)
+                line = f"{backend:6s} {name}: " + " | ".join(cells) + f"  (max |old - new| {diff:.2e})"
+                if args.accuracy:
+                    if name not in refs:
+                        refs[name] = wl.reference(name, wl.make_data(name), 1e-2, 1e-10, 100_000)
+                    dist = {k: float(np.abs(v.ravel() - refs[name]).max()) for k, v in outs.items()}
+                    line += f"  distance old {dist['old']:.2e} new {dist['new']:.2e}"
+                print(line, flush=True)
     return 0
 
 

@@ -52,13 +52,15 @@ implicit_solver : {"auto", "dense", "cg"}, default "auto"
     "momentum": """\
 momentum : "adaptive" or float, default "adaptive"
     Over-relaxation of the Sinkhorn steps: ``"adaptive"`` estimates a factor per problem
-    below epsilon ``5e-3`` and takes plain steps above; a number in ``[1, 2)`` is a fixed
-    factor (``1``: plain Sinkhorn).""",
+    after two plain checks, at every epsilon; a number in ``[1, 2)`` is a fixed factor
+    (``1``: plain Sinkhorn, OTT-JAX's default).""",
     "init": """\
 init : {"auto", "dual", "zeros"}, default "auto"
     Starting potentials: ``"dual"``, the exact dual of the unregularized 1-D problem;
-    ``"zeros"``, OTT-JAX's start; ``"auto"``: ``"dual"`` below epsilon ``5e-3``, else
-    ``"zeros"``. (Multivariate maps always start from zeros.)""",
+    ``"zeros"``, OTT-JAX's start; ``"auto"``: ``"dual"`` below epsilon ``5e-3`` and, above
+    it, where there are at least as many targets as inputs (sort, ranks), else ``"zeros"``
+    (quantiles, top-k, few targets). ``init="zeros", momentum=1.0`` is OTT-JAX's path.
+    (Multivariate maps always start from zeros.)""",
     "memory_budget": """\
 memory_budget : int, default 2**30
     Bytes of working memory per call, counted as 6 arrays of ``n x m`` per problem; larger

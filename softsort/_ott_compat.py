@@ -60,8 +60,7 @@ def _momentum(fname: str, momentum: Any) -> Any:
     adaptive factor ``2 / (1 + sqrt(1 - kappa))`` (``kappa``: the measured contraction
     per iteration), once the error is below ``error_threshold``. softsort has a fixed
     factor (``momentum=value``) and the same adaptive factor (``momentum="adaptive"``),
-    which it estimates from its first two checks and applies below ``epsilon`` 5e-3
-    (plain Sinkhorn needs tens of iterations above). Over-relaxation changes the path to
+    which it estimates from its first two checks, at every epsilon. Over-relaxation changes the path to
     the fixed point, not the fixed point: both stop at the same ``threshold``.
     """
     if not all(hasattr(momentum, attr) for attr in _MOMENTUM_ATTRS):

@@ -15,7 +15,7 @@ import types
 from typing import Any, cast
 
 from . import _compat, _ott_compat
-from ._core._config import ACCELERATE_BELOW, SolverConfig, smallest_epsilon
+from ._core._config import DUAL_START_BELOW, SolverConfig, smallest_epsilon
 
 DEFAULT_EPSILON = 1e-2
 _SOLVER_OPTIONS = {
@@ -281,9 +281,7 @@ def options(fname: str, given: dict[str, Any]) -> tuple[Any, Any, SolverConfig]:
         number = cast(float, epsilon)  # compared, never converted: a huge int is refused later
         # Decided here for a number; for an array epsilon the solver decides per problem.
         if init == "auto":
-            init = "dual" if number < ACCELERATE_BELOW else "zeros"
-        if momentum == "adaptive" and number >= ACCELERATE_BELOW:
-            momentum = 1.0  # what the adaptive rule picks there; known plain, the steps are cheaper
+            init = "dual" if number < DUAL_START_BELOW else "by_targets"
     budget = as_int(fname, "memory_budget", merged["memory_budget"], 1)
     newton = merged["newton"]
     if not isinstance(newton, bool):

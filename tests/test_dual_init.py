@@ -114,14 +114,19 @@ def test_dual_start_cuts_iterations(n: int, epsilon: float) -> None:
 
 
 @pytest.mark.backend("numpy")
-def test_auto_start_follows_epsilon() -> None:
-    """``init="auto"``: zeros (OTT-JAX's path) from 5e-3 up, the exact dual below."""
+def test_auto_start_follows_epsilon_and_the_number_of_targets() -> None:
+    """``init="auto"``: the exact dual below 5e-3, and above it with at least as many targets
+    as inputs (sort, ranks); zeros with fewer targets (quantiles) from 5e-3 up."""
     x = np.random.default_rng(4).normal(size=(2, 15))
-    for epsilon, same_as in [(1e-2, "zeros"), (5e-3, "zeros"), (4e-3, "dual"), (1e-4, "dual")]:
-        auto = softsort.transport_for_sort(x, epsilon=epsilon)
-        ref = softsort.transport_for_sort(x, epsilon=epsilon, init=same_as)
-        np.testing.assert_array_equal(auto.plan, ref.plan)
+    cases = [(None, 1e-2, "dual"), (None, 5e-3, "dual"), (15, 1e-2, "dual"), (20, 0.1, "dual")]
+    cases += [(3, 1e-2, "zeros"), (3, 5e-3, "zeros"), (3, 4e-3, "dual"), (14, 1e-4, "dual")]
+    for targets, epsilon, same_as in cases:
+        auto = softsort.transport_for_sort(x, epsilon=epsilon, num_targets=targets)
+        ref = softsort.transport_for_sort(x, epsilon=epsilon, num_targets=targets, init=same_as)
+        np.testing.assert_array_equal(auto.plan, ref.plan, err_msg=f"{targets} targets, epsilon {epsilon}")
         np.testing.assert_array_equal(auto.iterations, ref.iterations)
+    other = softsort.transport_for_sort(x, epsilon=1e-2, num_targets=3, init="dual")
+    assert not np.array_equal(other.plan, softsort.transport_for_sort(x, epsilon=1e-2, num_targets=3).plan)
 
 
 def test_auto_start_with_traced_epsilon(lib: Lib) -> None:

@@ -72,13 +72,22 @@ def test_small_rows_converge_within_200_iterations(lib: Lib, n: int, m: int, top
 
 
 def test_near_tie_of_three(lib: Lib) -> None:
-    """x = [0, 1e-6, 1] at epsilon 1e-2: plain Sinkhorn crawls, Newton reaches 1e-9 fast."""
+    """x = [0, 1e-6, 1] at epsilon 1e-2: plain Sinkhorn from zero (OTT-JAX's path) crawls, Newton reaches 1e-9 fast."""
     _needs_float64(lib)
     x = lib.asarray([[0.0, 1e-6, 1.0]])
     result = softsort.transport_for_sort(x, epsilon=1e-2, threshold=1e-9, newton=True)
     assert int(lib.to_numpy(result.iterations).max()) <= 200
     assert bool(np.all(lib.to_numpy(result.converged)))
-    plain = _solve(lib, *_rows_of(lib.to_numpy(x)), 1e-2, threshold=1e-6, max_iterations=2000, newton=False)
+    plain = _solve(
+        lib,
+        *_rows_of(lib.to_numpy(x)),
+        1e-2,
+        threshold=1e-6,
+        max_iterations=2000,
+        newton=False,
+        init="zeros",
+        momentum=1.0,
+    )
     assert int(lib.to_numpy(plain.iterations)[0]) == 2000  # plain does not get there
 
 
@@ -202,8 +211,8 @@ def test_jit_and_vmap() -> None:
 def test_public_option(lib: Lib) -> None:
     """``newton=True`` on the public operators: a near-tie reaches 1e-9 within 200 iterations.
 
-    Without it plain Sinkhorn stalls (the rows are returned with a ConvergenceWarning), and
-    a value that is not a bool is refused with the option's name.
+    Without it plain Sinkhorn from zero (OTT-JAX's path) stalls (the rows are returned with a
+    ConvergenceWarning), and a value that is not a bool is refused with the option's name.
     """
     _needs_float64(lib)
     x = lib.asarray(np.array([[0.0, 1e-6, 1.0], [0.3, -1.2, 0.3 + 1e-7]]))
@@ -211,7 +220,7 @@ def test_public_option(lib: Lib) -> None:
     assert bool(np.all(lib.to_numpy(out.converged)))
     assert int(lib.to_numpy(out.iterations).max()) <= 200
     with pytest.warns(softsort.ConvergenceWarning):
-        softsort.ranks(x, epsilon=1e-2, threshold=1e-9, max_iterations=2000)
+        softsort.ranks(x, epsilon=1e-2, threshold=1e-9, max_iterations=2000, init="zeros", momentum=1.0)
     r = softsort.ranks(x, epsilon=1e-2, threshold=1e-9, newton=True)
     np.testing.assert_allclose(lib.to_numpy(r), [[0.5, 0.5, 2.0], [1.5, 0.0, 1.5]], atol=1e-3)
     with pytest.raises(TypeError, match="newton"):

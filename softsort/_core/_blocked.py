@@ -455,7 +455,7 @@ def solve(
     omega_fixed = 1.0 if adaptive else float(config.momentum)
     plain = not adaptive and omega_fixed == 1.0
 
-    f0, g0 = _start(xp, config.init, z, a, b, eps)
+    f0, g0 = _start(xp, config.init, z, a, b, eps, zero_weights=config.zero_weights)
     f0, g0 = backend.stop_gradient(f0), backend.stop_gradient(g0)
     f0, col0 = _f_pass(backend, rows, zs, ys, log_a, f0, g0, lambda old, new: old)
     errors0 = -xp.ones((*batch, config.num_checks), dtype=z.dtype, device=dev)
@@ -496,7 +496,7 @@ def solve(
         check_ids = xp.arange(config.num_checks, device=dev)
         errors = xp.where((check_ids == k) & keep, err[..., None], s.errors)
         if adaptive:
-            omega = xp.where(keep, _adapt_omega(xp, k, omega, err, s.last_err, inner, eps), omega)
+            omega = xp.where(keep, _adapt_omega(xp, k, omega, err, s.last_err, inner), omega)
         steps = xp.minimum(xp.asarray(inner, dtype=it.dtype, device=dev), max_it - it)
         row_it = s.row_it + xp.where(active, steps, xp.zeros_like(steps))
         return _State(f, g, col, errors, it + steps, omega, xp.where(active, err, s.last_err), row_it)

@@ -5,10 +5,23 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-#: Below this epsilon the solver takes its own, faster path to the fixed point (exact-dual
-#: start, adaptive over-relaxation). At or above it, and so at the default 1e-2, it takes
-#: OTT-JAX's path (zero start, plain steps), where tens of iterations suffice.
-ACCELERATE_BELOW = 5e-3
+#: ``init="auto"`` starts from the exact dual (:mod:`._dual`) below this epsilon, and above
+#: it where there are at least as many targets as inputs (sort, ranks); otherwise (few
+#: targets: quantiles, top-k) from zero, where the plan is blurred enough for zero to be
+#: the closer start (measured: see ``docs/performance.rst``).
+DUAL_START_BELOW = 5e-3
+
+
+def resolve_init(init: str, n: int, m: int) -> str:
+    """The start of a solve with ``n`` inputs and ``m`` targets: "dual", "zeros" or, for an
+    epsilon given per problem, "auto" (the dual where ``epsilon < DUAL_START_BELOW``).
+
+    ``init`` as validated: "dual", "zeros", "auto", or "by_targets" (a number epsilon at
+    least ``DUAL_START_BELOW``: decided by ``n`` and ``m`` alone).
+    """
+    if init in ("auto", "by_targets") and m >= n:
+        return "dual"
+    return "zeros" if init == "by_targets" else init
 
 
 def smallest_epsilon(xp: Any, dtype: Any) -> float:
@@ -39,8 +52,8 @@ class SolverConfig:
     min_iterations: int = 0
     inner_iterations: int = 10
     implicit_diff: bool = True
-    #: Starting potentials: "dual" (exact unregularized 1-D dual, see _dual), "zeros", or
-    #: "auto": "dual" for epsilon < ACCELERATE_BELOW, else "zeros".
+    #: Starting potentials: "dual" (exact unregularized 1-D dual, see _dual), "zeros",
+    #: "auto" or "by_targets" (see resolve_init).
     init: str = "auto"
     #: Iterate in kernel space after a first log-domain step (see _sinkhorn._kernel_steps).
     kernel_steps: bool = True
