@@ -150,9 +150,20 @@ def _report(fname: str, backend: Backend, t: Transport, config: SolverConfig) ->
     converged = t.final_error < config.threshold
     if converged.shape[0] and check.violated(backend, xp.all(converged)):
         bad = int(xp.sum(xp.astype(~converged, xp.int32)))
+        # A problem stops once the loop's own error is below the threshold; the returned
+        # plan's error is recomputed from it in the compute dtype and may, by rounding, miss
+        # a threshold close to what that dtype resolves: say so instead of blaming the cap.
+        early = int(xp.sum(xp.astype(~converged & (t.iterations < config.max_iterations), xp.int32)))
+        why = ""
+        if early:
+            why = (
+                f" ({early} of them stopped earlier: the solver's error went below the threshold but the "
+                f"returned plan's, rounded in {t.final_error.dtype}, did not; the threshold is close to "
+                "what that dtype resolves)"
+            )
         msg = (
             f"{fname}(): Sinkhorn did not reach threshold={config.threshold} within "
-            f"max_iterations={config.max_iterations} for {bad} of {converged.shape[0]} problem(s); "
+            f"max_iterations={config.max_iterations} for {bad} of {converged.shape[0]} problem(s){why}; "
             "increase max_iterations or epsilon, or loosen threshold"
         )
         warnings.warn(msg, ConvergenceWarning, stacklevel=check.stacklevel())
@@ -196,6 +207,7 @@ def _along_axis(
     check.finite(fname, name, backend, x)
     x2 = layout.flatten(xp.astype(x, dtype) if x.dtype != dtype else x)
     eps = check.epsilon_array(fname, backend, epsilon, dtype, dev)
+    config = check.start_for(config, epsilon, dtype, xp)
     op = make_op(backend, layout.n, dtype, dev)
     valid = None
     if mask is not None:

@@ -6,10 +6,12 @@ Values are read only where the backend says they are concrete (not under ``jax.j
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import operator
 import os
+import struct
 import sys
 import types
 from typing import Any, cast
@@ -277,11 +279,6 @@ def options(fname: str, given: dict[str, Any]) -> tuple[Any, Any, SolverConfig]:
     if init not in _INITS:
         msg = f"{fname}() option 'init' must be one of {_INITS}, got {_short(init)}"
         raise ValueError(msg)
-    if isinstance(epsilon, numbers.Real) and not isinstance(epsilon, bool):
-        number = cast(float, epsilon)  # compared, never converted: a huge int is refused later
-        # Decided here for a number; for an array epsilon the solver decides per problem.
-        if init == "auto":
-            init = "dual" if number < DUAL_START_BELOW else "by_targets"
     budget = as_int(fname, "memory_budget", merged["memory_budget"], 1)
     newton = merged["newton"]
     if not isinstance(newton, bool):
@@ -320,6 +317,31 @@ def epsilon_range(dtype: Any, xp: Any) -> tuple[float, float]:
 
 def _dtype_name(dtype: Any) -> str:
     return str(dtype).rsplit(".", 1)[-1]
+
+
+def start_for(config: SolverConfig, epsilon: Any, dtype: Any, xp: Any) -> SolverConfig:
+    """``config`` with ``init="auto"`` decided for a number ``epsilon`` (checked before).
+
+    As the solver decides it for an array epsilon (``_sinkhorn._start``): ``epsilon <
+    DUAL_START_BELOW`` compared in the compute ``dtype``, so that ``0.0049999999``, which
+    float32 rounds to ``5e-3``, starts as it does traced under ``jax.jit``. Known here, the
+    exact dual is not computed where it would not be used. An array epsilon is left to the
+    solver.
+    """
+    if config.init != "auto" or isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real):
+        return config
+    bits = xp.finfo(dtype).bits
+    if bits == 64:
+        below = float(epsilon) < DUAL_START_BELOW
+    elif bits == 32:
+        below = _float32(float(epsilon)) < _float32(DUAL_START_BELOW)
+    else:  # no such compute dtype today (float16 and bfloat16 compute in float32)
+        return config
+    return dataclasses.replace(config, init="dual" if below else "by_targets")
+
+
+def _float32(value: float) -> float:
+    return cast(float, struct.unpack("f", struct.pack("f", value))[0])
 
 
 def epsilon_array(fname: str, backend: Any, epsilon: Any, dtype: Any, dev: Any) -> Any:

@@ -129,6 +129,19 @@ def test_auto_start_follows_epsilon_and_the_number_of_targets() -> None:
     assert not np.array_equal(other.plan, softsort.transport_for_sort(x, epsilon=1e-2, num_targets=3).plan)
 
 
+@pytest.mark.backend("numpy")
+def test_auto_start_compares_epsilon_in_the_compute_dtype() -> None:
+    """``0.0049999999`` is below ``5e-3`` in float64 but rounds to it in float32: the start
+    follows the compute dtype, as it does for an epsilon traced under ``jax.jit``."""
+    x = np.random.default_rng(4).normal(size=(2, 15))
+    for dtype, same_as in [(np.float64, "dual"), (np.float32, "zeros")]:
+        xd = x.astype(dtype)
+        auto = softsort.transport_for_sort(xd, epsilon=0.0049999999, num_targets=3)
+        ref = softsort.transport_for_sort(xd, epsilon=0.0049999999, num_targets=3, init=same_as)
+        np.testing.assert_array_equal(auto.plan, ref.plan, err_msg=str(dtype))
+        np.testing.assert_array_equal(auto.iterations, ref.iterations)
+
+
 def test_auto_start_with_traced_epsilon(lib: Lib) -> None:
     """An array epsilon is decided per problem inside the solver: same results as a number."""
     if lib.backend is not Backend.JAX:
@@ -136,7 +149,7 @@ def test_auto_start_with_traced_epsilon(lib: Lib) -> None:
     import jax
 
     x = lib.asarray(np.random.default_rng(5).normal(size=(2, 15)))
-    for epsilon in (1e-2, 1e-3):
-        traced = jax.jit(lambda a, e: softsort.ranks(a, epsilon=e))(x, lib.asarray(epsilon))
-        number = softsort.ranks(x, epsilon=epsilon)
+    for epsilon, kw in [(1e-2, {}), (1e-3, {}), (1e-2, {"num_targets": 3}), (0.0049999999, {"num_targets": 3})]:
+        traced = jax.jit(lambda a, e, kw=kw: softsort.ranks(a, epsilon=e, **kw))(x, lib.asarray(epsilon))
+        number = softsort.ranks(x, epsilon=epsilon, **kw)
         np.testing.assert_allclose(np.asarray(traced), np.asarray(number), atol=1e-12 if lib.float64 else 1e-5)

@@ -162,8 +162,9 @@ class Backend:
     def dense_solve(self, mat: Any, rhs: Any) -> Any:
         """``mat^{-1} rhs`` for a batch: ``mat`` (..., k, k), ``rhs`` (..., k) -> (..., k).
 
-        Differentiable like ``linalg.solve``. An adapter may route it around a library's
-        defect (JAX's, on several host CPU devices).
+        Differentiable like ``linalg.solve``. The core passes symmetric positive definite
+        matrices with a ridge only, so an adapter may solve without pivoting: JAX's does on
+        several host CPU devices, around a hang of jaxlib's batched LU there.
         """
         return self.xp.linalg.solve(mat, rhs[..., None])[..., 0]
 
