@@ -7,8 +7,10 @@ from typing import Any
 
 #: ``init="auto"`` starts from the exact dual (:mod:`._dual`) below this epsilon, and above
 #: it where there are at least as many targets as inputs (sort, ranks); otherwise (few
-#: targets: quantiles, top-k) from zero, where the plan is blurred enough for zero to be
-#: the closer start (measured: see ``docs/performance.rst``).
+#: targets: quantiles, top-k) from zero: there each target's plan is blurred over many
+#: inputs, zero starts about as close, and the dual's sorts and searches of all n inputs
+#: cost more than the iterations they save (measured on the benchmark's W5 and W6, and on
+#: OTT-JAX's quantile tests with ``benchmarks/ott_accuracy.py``).
 DUAL_START_BELOW = 5e-3
 
 
