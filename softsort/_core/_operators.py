@@ -472,6 +472,23 @@ def chunks(backend: Any, op: Operator, criterion: Any, config: SolverConfig) -> 
     return [(start, min(start + rows, batch)) for start in range(0, max(batch, 1), rows)]
 
 
+def cache_rows(backend: Any, op: Operator, criterion: Any, squash: Callable[[Any], Any] | None) -> int | None:
+    """Rows per cache-sized chunk of the batch (``Backend.cache_chunk_bytes``), or ``None``: at once.
+
+    Not split: the plan op (its answer is the whole plan and the potentials), a custom
+    ``squashing_fun`` (it may mix the rows it is given), a batch that fits one chunk, and a
+    problem whose plan alone exceeds a chunk (nothing to gain).
+    """
+    if op.diagnostics or squash is not None:
+        return None
+    budget = backend.cache_chunk_bytes(criterion)
+    if budget is None:
+        return None
+    n, m, itemsize = _sizes(backend, op, criterion)
+    rows = budget // (n * m * itemsize)
+    return rows if 1 <= rows < criterion.shape[0] else None
+
+
 def _refuse_straight_through(n: int, config: SolverConfig) -> None:
     msg = (
         f"option 'straight_through=True' reads the hard operator off the whole exact plan, but one problem of "
@@ -535,6 +552,9 @@ def run(
     ``None``; :func:`softsort.transport_for_sort` returns the plan as its read-out). Under
     framework autodiff each chunk runs under the adapter's ``checkpoint``, so a chunk's
     plan is not kept as a residual either: it is made again in the backward pass.
+
+    Within that, a batch whose plans exceed the adapter's ``cache_chunk_bytes`` is solved
+    in chunks that fit the cache (:func:`cache_rows`, ``Backend.map_chunks``).
     """
     xp = backend.xp
     spans = chunks(backend, op, criterion, config)
@@ -555,6 +575,33 @@ def run(
         chunk = backend.checkpoint(one_masked, values, criterion)
         parts = [chunk(values[s:e, ...], criterion[s:e, ...], valid[s:e, ...]) for s, e in spans]
         return _concat_runs(xp, parts)
+    rows = cache_rows(backend, op, criterion, squash)
+    if rows is None:
+        return _run_one(backend, op, values, criterion, eps, squash, config, straight_through, valid)
+    same = values is criterion  # sort: pass the array once (one copy per chunk, not two)
+
+    def cached(*xs: Any) -> tuple[Any, ...]:
+        v, c, ok = (xs[0], *xs) if same else xs
+        out, t = _run_one(backend, op, v, c, eps, squash, config, straight_through, ok)
+        return (out, *_kept(op, t))
+
+    res = backend.map_chunks(cached, (criterion, valid) if same else (values, criterion, valid), rows)
+    return res[0], Transport(*res[1:])
+
+
+def _run_one(
+    backend: Any,
+    op: Operator,
+    values: Any,
+    criterion: Any,
+    eps: Any,
+    squash: Callable[[Any], Any] | None,
+    config: SolverConfig,
+    straight_through: bool = False,
+    valid: Any = None,
+) -> tuple[Any, Transport]:
+    """:func:`run` for one batch solved at once."""
+    xp = backend.xp
     block = _blocked_checked(backend, op, criterion, config, straight_through, valid)
     rows = None
     if valid is not None:
@@ -633,6 +680,24 @@ def run_vjp(
             return xp.concat(grads, axis=0)
 
         return out, t, chunked_pullback
+    rows = cache_rows(backend, op, criterion, None)
+    if rows is not None:
+        # Cache-sized chunks (see run). Each pull-back keeps its chunk's plan: together no
+        # more than the whole batch's plan, which the unsplit pull-back keeps too.
+        batch = criterion.shape[0]
+        spans = [(s, min(s + rows, batch)) for s in range(0, batch, rows)]
+        runs = [
+            run_vjp(backend, op, values[s:e, ...], criterion[s:e, ...], eps, config, same, straight_through, part(s, e))
+            for s, e in spans
+        ]
+        out, t = _concat_runs(xp, [(o, _kept(op, tr)) for o, tr, _ in runs])
+        pulls = [pull for _, _, pull in runs]
+        del runs
+
+        def cached_pullback(cot: Any) -> Any:
+            return xp.concat([pull(cot[s:e, ...]) for (s, e), pull in zip(spans, pulls, strict=True)], axis=0)
+
+        return out, t, cached_pullback
     block = _blocked_checked(backend, op, criterion, config, straight_through, valid)
     rows = squash_rows = None
     if valid is not None:

@@ -61,6 +61,23 @@ class Backend:
         """
         return self.xp.stack([fn(x[i, ...]) for i in range(x.shape[0])], axis=0)
 
+    def map_chunks(self, fn: Callable[..., tuple[Any, ...]], xs: State, rows: int) -> tuple[Any, ...]:
+        """``fn`` on chunks of ``rows`` rows of the arrays ``xs``; its outputs joined along axis 0.
+
+        ``xs`` and the outputs of ``fn`` are tuples of arrays with the batch as leading axis;
+        ``None`` entries pass through (``fn`` receives ``None``; an output ``None`` in the
+        first chunk is ``None`` in the result). The rows are independent problems, so the
+        order in which chunks are solved does not matter. Generic: a Python loop over
+        consecutive slices (the last one may be shorter).
+        """
+        batch = next(x for x in xs if x is not None).shape[0]
+        # stops within the axis: the standard leaves a slice past the end unspecified
+        spans = [(start, min(start + rows, batch)) for start in range(0, batch, rows)]
+        parts = [fn(*(None if x is None else x[s:e, ...] for x in xs)) for s, e in spans]
+        return tuple(
+            None if group[0] is None else self.xp.concat(list(group), axis=0) for group in zip(*parts, strict=True)
+        )
+
     def fori_loop(self, lower: int, upper: int, body: Callable[[Any, State], State], state: State) -> State:
         """``state = body(i, state)`` for ``i`` in ``range(lower, upper)`` (fixed trip count)."""
         for i in range(lower, upper):
@@ -169,6 +186,19 @@ class Backend:
         return self.xp.linalg.solve(mat, rhs[..., None])[..., 0]
 
     # -- optional fast paths ----------------------------------------------------------
+    def cache_chunk_bytes(self, like: Any) -> int | None:
+        """Bytes of plans to solve at once when a batch is split for the cache, or ``None``.
+
+        The Sinkhorn loop sweeps the plans of every problem of a batch each iteration; on a
+        CPU a batch whose plans exceed the caches streams them from memory every sweep,
+        while chunks that fit are swept from cache (the rows are independent problems: the
+        result is the same). ``None``: never split (devices whose throughput comes from
+        the whole batch at once, and libraries not measured). ``like``: an array of the
+        call (its device). The sizes are measured by ``benchmarks/chunk_sizes.py``.
+        """
+        del like
+        return None
+
     def clip(self, x: Any, low: float | None, high: float | None) -> Any:
         """``x`` clipped to ``[low, high]`` (``None``: no bound), NaN kept; Python float bounds.
 

@@ -16,6 +16,10 @@ from jax.custom_derivatives import SymbolicZero
 
 from ._base import Backend, State
 
+#: Plans per chunk of a batch on a CPU (see ``Backend.cache_chunk_bytes``); chosen with
+#: ``benchmarks/chunk_sizes.py`` on a 2-core CPU. Other devices: never split.
+CACHE_CHUNK_BYTES = 1 << 20
+
 
 class JaxBackend(Backend):
     name = "jax"
@@ -32,6 +36,30 @@ class JaxBackend(Backend):
     def map_rows(self, fn: Callable[[Any], Any], x: Any) -> Any:
         # OTT-JAX's apply_on_axis vmaps too: a function written for it traces the same way.
         return jax.vmap(fn)(x)
+
+    def map_chunks(self, fn: Callable[..., tuple[Any, ...]], xs: State, rows: int) -> tuple[Any, ...]:
+        present = [x for x in xs if x is not None]
+        if all(self.is_concrete(x) for x in present):
+            # Eagerly each chunk reuses the solver compiled for its shape; a lax.map of a
+            # new closure would be compiled again on every call.
+            return super().map_chunks(fn, xs, rows)
+        batch = present[0].shape[0]
+        count = batch // rows
+        full = count * rows
+
+        # Chunk j holds rows j, j + count, ...: a batch sharded by rows stays sharded by
+        # rows inside every chunk, and each device sweeps its own rows.
+        def split(x: Any) -> Any:
+            return None if x is None else jnp.swapaxes(jnp.reshape(x[:full], (rows, count, *x.shape[1:])), 0, 1)
+
+        def join(y: Any) -> Any:
+            return None if y is None else jnp.reshape(jnp.swapaxes(y, 0, 1), (full, *y.shape[2:]))
+
+        outs = tuple(join(y) for y in jax.lax.map(lambda c: tuple(fn(*c)), tuple(split(x) for x in xs)))
+        if full == batch:
+            return outs
+        rest = fn(*(None if x is None else x[full:] for x in xs))
+        return tuple(None if y is None else jnp.concatenate([y, r], axis=0) for y, r in zip(outs, rest, strict=True))
 
     def fori_loop(self, lower: int, upper: int, body: Callable[[Any, State], State], state: State) -> State:
         return jax.lax.fori_loop(lower, upper, body, state)
@@ -139,6 +167,11 @@ class JaxBackend(Backend):
             lambda _, r: _eliminate(fixed, r),
             transpose_solve=lambda _, r: _eliminate(jnp.swapaxes(fixed, -1, -2), r),
         )
+
+    def cache_chunk_bytes(self, like: Any) -> int | None:
+        # A traced array has no device to ask: it runs where JAX's default backend is.
+        platform = jax.default_backend() if not self.is_concrete(like) else next(iter(like.devices())).platform
+        return CACHE_CHUNK_BYTES if platform == "cpu" else None
 
     def logsumexp(self, x: Any, axis: int) -> Any:
         return jax.nn.logsumexp(x, axis=axis)
