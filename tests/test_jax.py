@@ -112,3 +112,31 @@ def test_transport_result_is_a_pytree_under_jit() -> None:
     out = jax.jit(softsort.transport_for_sort)(jnp.asarray(X))
     assert out.plan.shape == (4, 12, 12)
     assert bool(jnp.all(out.converged))
+
+
+def test_cpu_gradient_calls_no_lapack_kernel() -> None:
+    """On a CPU the dense solves (Newton steps, the implicit backward) are array operations.
+
+    jaxlib's batched LAPACK kernels wait on XLA's thread pool for their own tasks; two at once
+    (two memory-budget chunks of ``value_and_grad`` of ranks over 4096 lists of 128, on one
+    device and two cores) held every pool thread and hung for ever. The compiled gradient,
+    here with two memory-budget chunks and cache chunks inside them, has no LAPACK call and
+    gives NumPy's value and gradient.
+    """
+    if jax.default_backend() != "cpu":
+        pytest.skip("the CPU path")
+    import re
+
+    rows = np.random.default_rng(2).normal(size=(16, 32))
+    cot = np.random.default_rng(3).normal(size=(16, 32))
+    kwargs = dict(epsilon=1e-3, init="dual", memory_budget=8 * 6 * 32 * 32 * 8)  # 2 chunks of 8 rows
+    ref_out, pullback = softsort.vjp(softsort.ranks, rows, **kwargs)
+
+    def loss(a, c):
+        return jnp.sum(softsort.ranks(a, **kwargs) * c)
+
+    compiled = jax.jit(jax.value_and_grad(loss)).lower(jnp.asarray(rows), jnp.asarray(cot)).compile()
+    assert re.search(r"custom_call_target=\"lapack", compiled.as_text()) is None
+    v, g = compiled(jnp.asarray(rows), jnp.asarray(cot))
+    np.testing.assert_allclose(float(v), float(np.sum(ref_out * cot)), rtol=1e-9)
+    np.testing.assert_allclose(np.asarray(g), pullback(cot), rtol=1e-6, atol=1e-8)

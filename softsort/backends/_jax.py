@@ -146,17 +146,19 @@ class JaxBackend(Backend):
         return jax.lax.custom_linear_solve(matvec, rhs, lambda _, r: solve(r), symmetric=True)
 
     def dense_solve(self, mat: Any, rhs: Any) -> Any:
-        if not _host_devices_share_one_pool():
+        if jax.default_backend() != "cpu":
             return jnp.linalg.solve(mat, rhs[..., None])[..., 0]
-        # jaxlib's batched LAPACK kernels (LU here) split a large batch into tasks on XLA's
-        # intra-op thread pool and block a pool thread until those finish. Several host CPU
-        # devices run their kernels on that one pool: once every pool thread is such a
-        # waiting caller nothing runs the tasks, and the program hangs (seen: jit of
-        # value_and_grad of ranks on 2 host devices and 2 cores). So there the solve is
-        # plain array operations, which also keep each device on its own rows. The matrices
-        # of the core (Schur complements, Newton steps) carry a ridge: elimination without
-        # pivoting is stable on them. Differentiated as a linear solve (implicitly), not
-        # through the elimination's k steps.
+        # jaxlib's batched LAPACK kernels (LU, triangular solves) split a large batch into
+        # tasks on XLA's intra-op thread pool and block a pool thread until those finish.
+        # Two such kernels at once (the chunks of a batch, several host devices, two
+        # operators of one program: XLA runs independent work in parallel) can occupy every
+        # pool thread while they wait: nothing runs the tasks, and the program hangs for
+        # ever (seen: jit of value_and_grad of ranks on 2 host devices; and on one device,
+        # over 4096 lists of 128, two memory-budget chunks each in its triangular solve).
+        # So on a CPU the solve is plain array operations, which also keep each device on
+        # its own rows. The matrices of the core (Schur complements, Newton steps) carry a
+        # ridge: elimination without pivoting is stable on them. Differentiated as a linear
+        # solve (implicitly), not through the elimination's k steps.
         batch = jnp.broadcast_shapes(mat.shape[:-2], rhs.shape[:-1])
         mat = jnp.broadcast_to(mat, (*batch, *mat.shape[-2:]))
         rhs = jnp.broadcast_to(rhs, (*batch, rhs.shape[-1]))
@@ -225,11 +227,6 @@ def _zero_tangent(x: Any) -> Any:
 def _instantiate(t: Any, primal: Any) -> Any:
     """An input tangent as an array (zeros where JAX passes a symbolic zero)."""
     return jnp.zeros_like(primal) if isinstance(t, SymbolicZero) else t
-
-
-def _host_devices_share_one_pool() -> bool:
-    """Whether JAX computes on several CPU devices of this process (they share one thread pool)."""
-    return jax.default_backend() == "cpu" and jax.local_device_count() > 1
 
 
 def _eliminate(mat: Any, rhs: Any) -> Any:
