@@ -8,7 +8,9 @@ benchmark's float32 inputs, so both see the same machine load. Example::
 
 Prints median ms per workload and backend for old and new, the largest difference between
 their outputs and, with ``--accuracy``, each one's largest distance to the float64 reference
-of the benchmark (threshold 1e-10).
+of the benchmark (threshold 1e-10). The gradient workloads (G1, G2, G7, G8: jitted
+``value_and_grad`` or ``grad``, as in the benchmark) run on JAX only and without
+``--accuracy``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 import _workloads as wl  # noqa: E402
-from _libs import extract_revision  # noqa: E402
+from _libs import Options, _softsort_jax, extract_revision  # noqa: E402
 
 
 def _call(mod: Any, name: str) -> Any:
@@ -55,11 +57,28 @@ def _median_ms(f: Any, x: Any, repeats: int) -> float:
     return float(np.median(times)) * 1e3
 
 
+def _flat(result: Any) -> np.ndarray:
+    parts = result if isinstance(result, tuple) else (result,)
+    return np.concatenate([np.ravel(np.asarray(r, dtype=np.float64)) for r in parts])
+
+
+def _gradient_line(name: str, old: Any, new: Any, repeats: int) -> str:
+    """A gradient workload under JAX, old and new in turn (the benchmark's jitted function)."""
+    data = wl.make_data(name)
+    cells, outs = [], {}
+    for label, mod in [("old", old), ("new", new)] * 2:
+        runner = _softsort_jax(name, data, Options(), mod)
+        cells.append(f"{label} {_median_ms(lambda _, r=runner: r(), None, repeats):.2f}")
+        outs[label] = _flat(runner.result())
+    diff = float(np.abs(outs["old"] - outs["new"]).max())
+    return f"jax    {name}: " + " | ".join(cells) + f"  (max |old - new| {diff:.2e})"
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--old", required=True, help="git revision to compare against")
     p.add_argument("--backends", default="numpy,jax,torch")
-    p.add_argument("--only", default=",".join((*wl.FORWARD, "W7", "W8")), help="forward workloads W1-W8")
+    p.add_argument("--only", default=",".join((*wl.FORWARD, "W7", "W8")), help="workloads W1-W8, G1, G2, G7, G8")
     p.add_argument("--accuracy", action="store_true", help="also the distance to the float64 reference")
     p.add_argument("--repeats", type=int, default=15)
     args = p.parse_args()
@@ -73,6 +92,10 @@ def main() -> int:
         refs: dict[str, np.ndarray] = {}
         for backend in args.backends.split(","):
             for name in args.only.split(","):
+                if name.startswith("G"):
+                    if backend == "jax":
+                        print(_gradient_line(name, softsort_old, softsort, args.repeats), flush=True)
+                    continue
                 x = wl.make_data(name).x
                 cells, outs = [], {}
                 for label, mod in [("old", softsort_old), ("new", softsort)] * 2:
