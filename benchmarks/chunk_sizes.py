@@ -8,7 +8,7 @@ difference to the unsplit result. Example::
 
     python benchmarks/chunk_sizes.py --libs softsort-jax --only W8,G8 --sizes none,256K,1M,4M
 
-The result goes to ``benchmarks/results/chunk_sizes.json`` (``--out``). The sizes in the
+The result is merged into ``benchmarks/results/chunk_sizes.json`` (``--out``). The sizes in the
 adapters (``CACHE_CHUNK_BYTES`` in ``softsort/backends/``) were chosen with it.
 """
 
@@ -122,9 +122,18 @@ def main() -> int:
                     shown = f"{cell['median_ms']:9.1f} ms" if "median_ms" in cell else cell["error"].strip()[-120:]
                     diff = f"  (max diff to none {cell['max_diff_to_none']:.1e})" if "max_diff_to_none" in cell else ""
                     print(f"{lib:15s} {name:3s} {size:>5s}: {shown}{diff}", flush=True)
+    # Merged into the file's earlier cells (a run per library fits a time limit better);
+    # a cell measured again replaces the old one.
+    kept: list[dict[str, Any]] = []
+    if os.path.exists(args.out):
+        with open(args.out) as fh:
+            earlier = json.load(fh)
+        if earlier.get("rows") == args.rows:
+            done = {(c["lib"], c["workload"], c["size"]) for c in cells}
+            kept = [c for c in earlier["cells"] if (c["lib"], c["workload"], c["size"]) not in done]
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as fh:
-        json.dump({"machine": machine(), "rows": args.rows, "cells": cells}, fh, indent=1)
+        json.dump({"machine": machine(), "rows": args.rows, "cells": kept + cells}, fh, indent=1)
     return 0
 
 

@@ -12,6 +12,8 @@ chunk is shorter (JAX: the rows left over after the equal chunks of ``lax.map``)
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 
@@ -29,6 +31,12 @@ SMALL = 3 * N * N * 8
 
 
 def _adapters() -> list[type]:
+    """Every adapter class (the framework ones are imported on first use: import them here)."""
+    for name in ("_numpy", "_jax", "_torch"):
+        try:
+            importlib.import_module(f"softsort.backends.{name}")
+        except ImportError:
+            continue
     found, todo = [], [backends.Backend]
     while todo:
         cls = todo.pop()
@@ -193,6 +201,27 @@ def test_jax_sharded_batch_keeps_its_rows(chunked):
     np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-4, atol=1e-5)
     hlo = fn.lower(x).compile().as_text()
     assert "f32[2,6,6]" in hlo, "each device should sweep its own 2 rows of a chunk"
+    # eagerly the batch is solved whole: consecutive slices would lose the sharding
+    eager = softsort.ranks(x, epsilon=0.1)
+    assert eager.sharding.is_equivalent_to(x.sharding, x.ndim), eager.sharding
+    np.testing.assert_allclose(np.asarray(eager), ref, rtol=1e-4, atol=1e-5)
+    # inside shard_map each device splits its own 8 rows (4 per chunk: 2 chunks), gradient too
+    per_device = jax.shard_map(
+        lambda a: softsort.ranks(a, epsilon=0.1), mesh=mesh, in_specs=P("batch"), out_specs=P("batch")
+    )
+    cot = np.random.default_rng(6).normal(size=rows.shape)
+
+    def value_and_grad():
+        return jax.jit(jax.value_and_grad(lambda a: jax.numpy.sum(per_device(a) * cot)))(x)
+
+    chosen = chunked(None)
+    v_ref, g_ref = value_and_grad()
+    chosen = chunked(4 * 6 * 6 * 4)
+    v, g = value_and_grad()
+    assert 4 in chosen, chosen
+    assert g.sharding.is_equivalent_to(x.sharding, x.ndim), g.sharding
+    np.testing.assert_allclose(float(v), float(v_ref), rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.skipif(not available("torch"), reason="torch not enabled")

@@ -40,6 +40,11 @@ class JaxBackend(Backend):
     def map_chunks(self, fn: Callable[..., tuple[Any, ...]], xs: State, rows: int) -> tuple[Any, ...]:
         present = [x for x in xs if x is not None]
         if all(self.is_concrete(x) for x in present):
+            # An eager batch over several devices is solved whole: slices of consecutive rows
+            # and their concatenation would lose its sharding (under tracing the strided
+            # chunks below keep it).
+            if any(len(x.devices()) > 1 for x in present):
+                return tuple(fn(*xs))
             # Eagerly each chunk reuses the solver compiled for its shape; a lax.map of a
             # new closure would be compiled again on every call.
             return super().map_chunks(fn, xs, rows)
