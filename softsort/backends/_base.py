@@ -13,9 +13,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from .._compat import is_lazy_array
 
 State = tuple[Any, ...]
+
+
+def _quiet_blas() -> Any:
+    """A context that drops NumPy's "invalid value" warning from a BLAS product.
+
+    NumPy turns the CPU's floating-point flags after a BLAS call into warnings, and some
+    OpenBLAS kernels set "invalid" on some CPUs with finite, moderate operands (numpy#24067,
+    OpenBLAS#1924; seen in CI in the Sinkhorn loop in float32, every operand in [1e-10, 25]).
+    The solver checks its own iterates (a row gone NaN is reported as diverged), so the flag
+    says nothing here. Only NumPy-backed arrays (NumPy, array-api-strict) read it. A fresh
+    context each time: one ``np.errstate`` cannot be entered twice (about 2 us each).
+    """
+    return np.errstate(invalid="ignore")
 
 
 class Backend:
@@ -231,11 +246,13 @@ class Backend:
 
     def matvec(self, mat: Any, vec: Any) -> Any:
         """``mat @ vec`` for a batch: ``mat`` (..., n, m), ``vec`` (..., m) -> (..., n)."""
-        return (mat @ vec[..., None])[..., 0]
+        with _quiet_blas():
+            return (mat @ vec[..., None])[..., 0]
 
     def vecmat(self, vec: Any, mat: Any) -> Any:
         """``vec @ mat`` for a batch: ``vec`` (..., n), ``mat`` (..., n, m) -> (..., m)."""
-        return (vec[..., None, :] @ mat)[..., 0, :]
+        with _quiet_blas():
+            return (vec[..., None, :] @ mat)[..., 0, :]
 
     def logsumexp(self, x: Any, axis: int) -> Any | None:
         """Native log-sum-exp, or ``None`` to use the core's portable one."""
