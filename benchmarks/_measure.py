@@ -20,16 +20,21 @@ def time_calls(fn: Callable[[], Any], warmup: int, repeats: int, min_repeats: in
     """Median wall time of ``fn`` after ``warmup`` calls (the first one includes compilation).
 
     Stops after ``repeats`` calls, or earlier once ``min_repeats`` were made and
-    ``budget_s`` seconds were spent.
+    ``budget_s`` seconds were spent. A warm-up call longer than ``budget_s / min_repeats``
+    lowers ``min_repeats`` (to 1 at least, returned as ``min_repeats``): a library that needs
+    seconds a call (OTT-JAX on W8: 13 s) then costs about ``budget_s``, not ``min_repeats`` calls.
     """
-    first = None
+    first = last = None
     for i in range(warmup):
         t0 = time.perf_counter()
         fn()
+        last = time.perf_counter() - t0
         if i == 0:
-            first = time.perf_counter() - t0
+            first = last
+    if last:
+        min_repeats = max(1, min(min_repeats, int(budget_s // last)))
     times = time_more(fn, repeats, min_repeats, budget_s)
-    return {**summary(times), "first_call_s": first, "times_s": times}
+    return {**summary(times), "first_call_s": first, "times_s": times, "min_repeats": min_repeats}
 
 
 def summary(times: list[float]) -> dict[str, Any]:

@@ -131,7 +131,22 @@ def measure_cell(
         try:
             budget = args.budget if name[0] == "W" else args.budget * 2
             warmup = args.warmup if (lib in _libs.JAX_LIBS or not args.quick) else 0  # eager libs: no compile
-            cell.update(_measure.time_calls(runner, warmup, args.per_round, args.min_repeats, budget / args.rounds))
+            first = None
+            if warmup:  # a non-finite first answer is not timed (OTT-JAX's G7 takes minutes a call)
+                t0 = time.perf_counter()
+                runner()
+                first = time.perf_counter() - t0
+                bad = _nonfinite(wl.flatten_output(name, runner.result()))
+                if bad:
+                    cell.update(status="FAIL", reason=bad + " (not timed)", first_call_s=first)
+                    return cell
+            cell.update(
+                _measure.time_calls(
+                    runner, warmup - 1 if warmup else 0, args.per_round, args.min_repeats, budget / args.rounds
+                )
+            )
+            if first is not None:
+                cell["first_call_s"] = first
             cell["_runner"] = runner
             out = wl.flatten_output(name, runner.result())
         except Exception as exc:
@@ -139,11 +154,10 @@ def measure_cell(
             cell["reason"] = _short(exc)
             cell["traceback"] = traceback.format_exc(limit=3)[-2000:]
             return cell
-        if not np.all(np.isfinite(out)):
-            cell["status"] = "FAIL"
-            cell["reason"] = f"non-finite output ({int(np.sum(~np.isfinite(out)))} of {out.size} values)"
-        else:
-            cell["status"] = "ok"
+        bad = _nonfinite(out)
+        cell["status"] = "FAIL" if bad else "ok"
+        if bad:
+            cell["reason"] = bad
         cell["hard_distance"] = float(np.max(np.abs(out - hard))) if out.shape == hard.shape else None
         if ref is not None and out.shape == ref.shape:
             cell["ref_distance"] = float(np.max(np.abs(out - ref)))
@@ -165,6 +179,11 @@ def measure_cell(
     return cell
 
 
+def _nonfinite(out: np.ndarray) -> str | None:
+    bad = int(np.sum(~np.isfinite(out)))
+    return f"non-finite output ({bad} of {out.size} values)" if bad else None
+
+
 def more_rounds(cells: list[dict], name: str, args: Any) -> None:
     """Rounds 2..R of timing: every working library of the workload in turn, again.
 
@@ -177,7 +196,7 @@ def more_rounds(cells: list[dict], name: str, args: Any) -> None:
         for cell in cells:
             if cell.get("status") != "ok" or "_runner" not in cell:
                 continue
-            cell["times_s"] += _measure.time_more(cell["_runner"], args.per_round, args.min_repeats, budget)
+            cell["times_s"] += _measure.time_more(cell["_runner"], args.per_round, cell["min_repeats"], budget)
     for cell in cells:
         cell.pop("_runner", None)
         if "times_s" in cell:
@@ -252,6 +271,8 @@ def _fmt_time(c: dict | None) -> str:
         return "—"
     if c["status"] == "n/a":
         return "n/a"
+    if c["status"] == "timeout":
+        return f"stopped: the cell ran over {c['timeout_s']:g} s"
     if c["status"] == "FAIL":
         t = f" (ran {c['median_s'] * 1e3:.3g} ms)" if "median_s" in c else ""
         return f"FAIL: {c['reason']}{t}"
@@ -259,8 +280,8 @@ def _fmt_time(c: dict | None) -> str:
 
 
 def _fmt(c: dict | None, key: str, fmt: str, prefix: str = "") -> str:
-    if c is None or c["status"] == "n/a":
-        return "—" if c is None else "n/a"
+    if c is None or c["status"] in ("n/a", "timeout"):
+        return {None: "—", "n/a": "n/a", "timeout": "stopped"}[c and c["status"]]
     if c["status"] == "FAIL" and key not in c:
         return "FAIL"
     v = c.get(key)
@@ -354,7 +375,8 @@ def report(cells: dict, libs: list[str], names: list[str], sweep_rows: list[dict
     if meta["options"].get("base"):
         parts[-1] += f" softsort-jax-base: softsort at revision {meta['options']['base']}."
     parts[-1] += (
-        " Each library timed in its own process (``--separate``)."
+        f" Each (library, workload) cell timed in its own process (``--separate``), stopped after "
+        f"{meta['options']['cell_timeout']:g} s."
         if meta["options"].get("separate")
         else " All libraries timed in this one process."
     )
@@ -451,6 +473,10 @@ def report(cells: dict, libs: list[str], names: list[str], sweep_rows: list[dict
     if fails:
         parts += ["", "## Failures", ""]
         parts += [f"- {c['library']} {c['workload']}: {c['reason']}" for c in fails]
+    stopped = [c for c in cells.values() if c["status"] == "timeout"]
+    if stopped:
+        parts += ["", "## Stopped (did not finish within the cell timeout)", ""]
+        parts += [f"- {c['library']} {c['workload']}: stopped after {c['timeout_s']:g} s" for c in stopped]
     warns = [(c["library"], c["workload"], w) for c in cells.values() for w in c.get("warnings", [])]
     if warns:
         parts += ["", "## Warnings raised during the runs", ""]
@@ -499,42 +525,50 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=None, help="timed calls per cell (default 20; quick 3)")
     p.add_argument("--rows", type=int, default=None, help="batch of W7, G7, W8, G8 (default 16384 / 4096)")
     p.add_argument("--base", default=_libs.BASE_REVISION, help="git revision that softsort-jax-base runs")
-    p.add_argument("--separate", action="store_true", help="time each library in its own process")
+    p.add_argument("--separate", action="store_true", help="time each (library, workload) in its own process")
+    p.add_argument("--cell-timeout", type=float, default=300.0, help="--separate: stop a cell after this many seconds")
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="output folder")
     # internal, for --separate: one library's cells to a file; other libraries' cells to read
     p.add_argument("--cells-out", default=None, help=argparse.SUPPRESS)
     p.add_argument("--cells-in", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--ref-cache", default=None, help=argparse.SUPPRESS)
     return p
 
 
-def _separate(argv: list[str], libs: list[str], wanted: list[str], tmp: str) -> tuple[dict, list[dict]]:
-    """Run this script once per library (and once for the sweep), each in a fresh process.
+def _separate(argv: list[str], libs: list[str], wanted: list[str], tmp: str, timeout: float) -> tuple[dict, list[dict]]:
+    """Run this script once per (library, workload) cell (and once for the sweep), each in a fresh process.
 
     Libraries then cannot disturb each other (thread pools, allocator state, XLA's
-    compilation threads). ``softsort-jax-matched`` runs after OTT-JAX and reads its cells
-    (it matches OTT-JAX's accuracy); the timing rounds are per process.
+    compilation threads), and a cell that runs longer than ``timeout`` seconds (OTT-JAX
+    needs minutes a call on G7, G8) is stopped and reported as such instead of holding up
+    the run. ``softsort-jax-matched`` runs after OTT-JAX and reads its cells (it matches
+    OTT-JAX's accuracy). The float64 references are computed once and shared (``--ref-cache``).
     """
     import subprocess
 
     cells: dict[tuple[str, str], dict] = {}
     forward = [a for a in argv if a != "--separate"]
-    forward = [a for k, a in enumerate(forward) if a != "--libs" and (k == 0 or forward[k - 1] != "--libs")]
-    forward = [a for k, a in enumerate(forward) if a != "--only" and (k == 0 or forward[k - 1] != "--only")]
-    names = ",".join(w for w in wanted if w != "sweep")
+    for flag in ("--libs", "--only", "--cell-timeout"):
+        forward = [a for k, a in enumerate(forward) if a != flag and (k == 0 or forward[k - 1] != flag)]
+    names = [w for w in wanted if w != "sweep"]
     for lib in libs:
-        if not names:
-            break
-        path = os.path.join(tmp, f"{lib}.json")
-        cmd = [sys.executable, os.path.abspath(__file__), *forward, "--libs", lib, "--only", names]
-        cmd += ["--cells-out", path, "--out", os.path.join(tmp, lib)]
-        if lib == "softsort-jax-matched":
-            cmd += ["--cells-in", ",".join(os.path.join(tmp, f"{o}.json") for o in ("ott", "ott-unrolled"))]
-        print(f"== {lib} in its own process", flush=True)
-        subprocess.run(cmd, check=False)
-        if os.path.exists(path):
-            with open(path) as fh:
-                for c in json.load(fh):
-                    cells[(c["library"], c["workload"])] = c
+        for name in names:
+            path = os.path.join(tmp, f"{lib}-{name}.json")
+            cmd = [sys.executable, os.path.abspath(__file__), *forward, "--libs", lib, "--only", name]
+            cmd += ["--cells-out", path, "--out", os.path.join(tmp, f"{lib}-{name}"), "--ref-cache", tmp]
+            if lib == "softsort-jax-matched":
+                cmd += ["--cells-in", ",".join(os.path.join(tmp, f"{o}-{name}.json") for o in ("ott", "ott-unrolled"))]
+            print(f"== {lib} {name} in its own process", flush=True)
+            try:
+                subprocess.run(cmd, check=False, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                cells[(lib, name)] = {"library": lib, "workload": name, "status": "timeout", "timeout_s": timeout}
+                print(f"  {name} {lib}: did not finish within {timeout:g} s", flush=True)
+                continue
+            if os.path.exists(path):
+                with open(path) as fh:
+                    for c in json.load(fh):
+                        cells[(c["library"], c["workload"])] = c
     sweep_rows: list[dict] = []
     if "sweep" in wanted:
         path = os.path.join(tmp, "sweep.json")
@@ -590,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
     sweep_rows: list[dict] = []
     if args.separate:
         with tempfile.TemporaryDirectory() as tmp:
-            cells, sweep_rows = _separate(argv, libs, wanted, tmp)
+            cells, sweep_rows = _separate(argv, libs, wanted, tmp, args.cell_timeout)
     else:
         for path in (args.cells_in or "").split(","):
             if path and os.path.exists(path):
@@ -621,6 +655,7 @@ def main(argv: list[str] | None = None) -> int:
             "warmup": args.warmup,
             "rows": rows,
             "separate": args.separate,
+            "cell_timeout": args.cell_timeout,
             "base": args.base if "softsort-jax-base" in libs else None,
             "softsort_path": os.path.dirname(sys.modules["softsort"].__file__) if "softsort" in sys.modules else None,
             "reference": {"dtype": "float64", "backend": "numpy", "threshold": ref_thr, "max_iterations": ref_max},
@@ -655,9 +690,30 @@ def _reference_options(args: Any) -> tuple[float, int]:
     return (1e-7, 100_000) if args.quick else (1e-9, 100_000)
 
 
+def cached_reference(name: str, data: wl.Data, args: Any) -> np.ndarray:
+    """The workload's accuracy reference, computed once per ``--separate`` run.
+
+    The children of ``--separate`` share the folder ``--ref-cache``: the float64 references of
+    W7-G8 take a minute each, and every library's process needs them.
+    """
+    ref_thr, ref_max = _reference_options(args)
+    path = None
+    if args.ref_cache:
+        shape = "x".join(map(str, data.x.shape))
+        path = os.path.join(args.ref_cache, f"ref-{name}-{shape}-{args.epsilon:g}-{ref_thr:g}-{ref_max}.npy")
+        if os.path.exists(path):
+            return np.load(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = wl.reference(name, data, args.epsilon, ref_thr, ref_max)
+    if path is not None:  # whole or not at all: a child stopped by --cell-timeout leaves no torn file
+        np.save(path + ".part.npy", ref)
+        os.replace(path + ".part.npy", path)
+    return ref
+
+
 def _measure_all(cells: dict, libs: list[str], names: list[str], rows: dict[str, int], args: Any) -> None:
     """Every (library, workload) cell of this process, workload by workload."""
-    ref_thr, ref_max = _reference_options(args)
     # OTT's failing implicit solve logs a long lineax traceback from a callback; the cell says FAIL
     logging.getLogger("jax._src.callback").setLevel(logging.CRITICAL)
     for name in names:
@@ -666,9 +722,7 @@ def _measure_all(cells: dict, libs: list[str], names: list[str], rows: dict[str,
         ref = None
         if any(lib != "torchsort" for lib in libs):
             t0 = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ref = wl.reference(name, data, args.epsilon, ref_thr, ref_max)
+            ref = cached_reference(name, data, args)
             print(f"{name}: reference in {time.perf_counter() - t0:.1f} s", flush=True)
         for lib in libs:
             cells[(lib, name)] = measure_cell(lib, name, data, ref, hard, args, cells)
