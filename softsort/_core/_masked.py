@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from .._compat import device
+from ._planop import matvec, vecmat
 
 
 class Rows(NamedTuple):
@@ -69,14 +70,6 @@ def selection(xp: Any, index: Any, on: Any, m: int, like: Any) -> Any:
     return xp.astype(hit & on[..., :, None], like.dtype)
 
 
-def _mv(mat: Any, vec: Any) -> Any:
-    return (mat @ vec[..., None])[..., 0]
-
-
-def _vm(vec: Any, mat: Any) -> Any:
-    return (vec[..., None, :] @ mat)[..., 0, :]
-
-
 # -- composite values of the used targets (sort, topk, quantile, quantize, sort_with) ---------
 def _sums(xp: Any, plan: Any, used: Any) -> Any:
     s = xp.sum(plan, axis=-2)
@@ -85,15 +78,15 @@ def _sums(xp: Any, plan: Any, used: Any) -> Any:
 
 def composite(xp: Any, plan: Any, values: Any, used: Any) -> Any:
     """``(P^T x) / (column sums)`` at the used targets (B, m), 0 at the others."""
-    out = _vm(values, plan) / _sums(xp, plan, used)
+    out = vecmat(values, plan) / _sums(xp, plan, used)
     return xp.where(used, out, xp.zeros_like(out))
 
 
 def composite_vjp(xp: Any, plan: Any, values: Any, used: Any, cot: Any) -> tuple[Any, Any]:
     s = _sums(xp, plan, used)
     w = xp.where(used, cot, xp.zeros_like(cot)) / s
-    out = _vm(values, plan) / s
-    return (values[..., :, None] - out[..., None, :]) * w[..., None, :], _mv(plan, w)
+    out = vecmat(values, plan) / s
+    return (values[..., :, None] - out[..., None, :]) * w[..., None, :], matvec(plan, w)
 
 
 def composite_rows(xp: Any, plan: Any, rows_: Any, used: Any) -> Any:
@@ -113,7 +106,7 @@ def composite_rows_vjp(xp: Any, plan: Any, rows_: Any, used: Any, cot: Any) -> t
 # -- per-input read-outs (ranks, topk_mask, quantize, quantile_normalization) ------------------
 def spread(xp: Any, plan: Any, levels: Any, factor: Any, valid: Any) -> Any:
     """``factor * P @ levels`` at the valid inputs, 0 elsewhere (``levels`` (m,) or (B, m))."""
-    out = factor * _mv(plan, xp.broadcast_to(levels, (*plan.shape[:-2], plan.shape[-1])))
+    out = factor * matvec(plan, xp.broadcast_to(levels, (*plan.shape[:-2], plan.shape[-1])))
     return xp.where(valid, out, xp.zeros_like(out))
 
 

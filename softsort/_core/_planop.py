@@ -43,11 +43,17 @@ def combined(xp: Any, *terms: LowRank) -> LowRank:
     return LowRank(left, right)
 
 
-def _mv(mat: Any, vec: Any) -> Any:
+def matvec(mat: Any, vec: Any) -> Any:
+    """``mat @ vec`` for a batch, ``mat`` (B, n, m), ``vec`` (B, m), written with the array API only.
+
+    The read-outs' products; the Sinkhorn loop and the implicit solve use the adapter's
+    ``Backend.matvec`` (a faster path on some libraries).
+    """
     return (mat @ vec[..., None])[..., 0]
 
 
-def _vm(vec: Any, mat: Any) -> Any:
+def vecmat(vec: Any, mat: Any) -> Any:
+    """``vec @ mat`` for a batch, ``vec`` (B, n), ``mat`` (B, n, m)."""
     return (vec[..., None, :] @ mat)[..., 0, :]
 
 
@@ -64,8 +70,8 @@ class DensePlan:
         self.backend = backend
         self.n, self.m = plan.shape[-2], plan.shape[-1]
         self.batch = tuple(plan.shape[:-2])
-        self._matvec = _mv if backend is None else backend.matvec
-        self._vecmat = _vm if backend is None else backend.vecmat
+        self._matvec = matvec if backend is None else backend.matvec
+        self._vecmat = vecmat if backend is None else backend.vecmat
 
     def apply(self, right: Any) -> Any:
         """``P @ right``."""
