@@ -182,12 +182,12 @@ def docs_check(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """softsort (JAX, NumPy, PyTorch) vs OTT-JAX and torchsort, side by side."""
+    """softsort (JAX, NumPy, PyTorch) vs OTT-JAX and torchsort; posargs go to bench.py (default --separate)."""
     session.install("-e", ".", "jax==0.10.2", TORCH_CPU, "ott-jax==0.6.0", "matplotlib")
     # torchsort compiles against the installed torch; a stray nvcc on PATH makes it try a
     # CUDA build, so hide it. The benchmark skips torchsort (saying why) if this fails.
     session.install("torchsort==0.1.10", "--no-build-isolation", env={"PATH": "/usr/bin:/bin"}, success_codes=[0, 1])
-    session.run("python", "benchmarks/bench.py", *session.posargs)
+    session.run("python", "benchmarks/bench.py", *(session.posargs or ["--separate"]))
 
 
 @nox.session(name="bench-gpu")
