@@ -17,7 +17,7 @@ from . import _masked as mk
 from . import _readouts as ro
 from ._config import SolverConfig
 from ._hard import hard_plan
-from ._planop import dense_cotangent
+from ._planop import dense_cotangent, matvec, vecmat
 from ._squash import default_squash, default_squash_vjp
 from ._transport import Transport, transport, transport_vjp
 
@@ -142,10 +142,10 @@ def _sort_masked(topk: int | None, num_targets: int | None, rows: bool, descendi
     else:
 
         def readout(xp: Any, plan: Any, values: Any, b: Any, aux: Any) -> Any:
-            return mk.matvec(aux[1], mk.composite(xp, plan, values, aux[0]))
+            return matvec(aux[1], mk.composite(xp, plan, values, aux[0]))
 
         def readout_vjp(xp: Any, plan: Any, values: Any, b: Any, aux: Any, cot: Any) -> Any:
-            return mk.composite_vjp(xp, plan, values, aux[0], mk.vecmat(cot, aux[1]))
+            return mk.composite_vjp(xp, plan, values, aux[0], vecmat(cot, aux[1]))
 
     return Operator(prepare, readout, readout_vjp)
 
@@ -312,7 +312,7 @@ def quantize_op(num_levels: int) -> Operator:
         used, count, valid = aux
         levels = mk.composite(xp, plan, values, used)
         d_plan = mk.spread_vjp(xp, plan, levels, count, valid, cot)
-        d_levels = mk.vecmat(count * xp.where(valid, cot, xp.zeros_like(cot)), plan)
+        d_levels = vecmat(count * xp.where(valid, cot, xp.zeros_like(cot)), plan)
         d_plan2, d_values = mk.composite_vjp(xp, plan, values, used, d_levels)
         return d_plan + d_plan2, d_values
 
