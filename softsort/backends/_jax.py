@@ -198,13 +198,13 @@ class JaxBackend(Backend):
             for j in range(1, m):
                 out = out + mat[..., j] * vec[..., j, None]
             return out
-        return (mat @ vec[..., None])[..., 0]
+        return super().matvec(mat, vec)
 
     def vecmat(self, vec: Any, mat: Any) -> Any:
         if mat.shape[-1] <= FEW_TARGETS and self._platform(mat) == "cpu":
             # The same product with the short axis leading: XLA's dot is fast on that layout.
             return (jnp.swapaxes(mat, -1, -2) @ vec[..., None])[..., 0]
-        return (vec[..., None, :] @ mat)[..., 0, :]
+        return super().vecmat(vec, mat)
 
     def logsumexp(self, x: Any, axis: int) -> Any:
         return jax.nn.logsumexp(x, axis=axis)
