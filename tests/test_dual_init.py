@@ -8,13 +8,26 @@ iterations from the exact dual.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
 import softsort
 from conftest import Backend, Lib
 from softsort._compat import array_namespace
-from softsort._core._dual import exact_dual
+from softsort._core._dual import exact_dual, sort_order
+from softsort.backends import get_backend
+
+
+def backend_of(x: object, pairwise: bool | None = None) -> object:
+    """The adapter for ``x``; ``pairwise``: force (True) or forbid (False) the pairwise path."""
+    backend = get_backend(array_namespace(x))
+    if pairwise is None:
+        return backend
+    backend = copy.copy(backend)
+    backend.pairwise_rows = 10**6 if pairwise else 0
+    return backend
 
 
 def w2_squared(z: np.ndarray, a: np.ndarray, y: np.ndarray, b: np.ndarray) -> float:
@@ -53,11 +66,16 @@ def problems() -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
 
 
 @pytest.mark.slow_on("jax")  # compile-bound under JAX; same core code elsewhere
+@pytest.mark.parametrize("pairwise", [False, True], ids=["sorted", "pairwise"])
 @pytest.mark.parametrize(("name", "z", "a", "b"), problems(), ids=[p[0] for p in problems()])
-def test_exact_dual_is_optimal(lib: Lib, name: str, z: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+def test_exact_dual_is_optimal(
+    lib: Lib, name: str, z: np.ndarray, a: np.ndarray, b: np.ndarray, pairwise: bool
+) -> None:
+    """Both ways to order and search (a sort and binary searches, or comparisons of every
+    pair: ``Backend.pairwise_rows``) give optimal potentials."""
     del name
     zz, aa, bb = lib.asarray(z), lib.asarray(a), lib.asarray(b)
-    f, g = exact_dual(array_namespace(zz), zz, aa, bb)
+    f, g = exact_dual(backend_of(zz, pairwise), zz, aa, bb)
     f, g = lib.to_numpy(f), lib.to_numpy(g)
     assert f.shape == z.shape
     assert g.shape == b.shape
@@ -80,13 +98,30 @@ def test_ties_take_the_midpoint() -> None:
     """Uniform n = m: every handover is a tie; the start is the mean of the two extreme duals."""
     z = np.array([[0.1, 0.45, 0.5, 0.9]])
     w = np.full((1, 4), 0.25)
-    f, g = exact_dual(array_namespace(z), z, w, w)
+    f, g = exact_dual(backend_of(z), z, w, w)
     # Handovers at ties are degenerate cells: their reduced cost is strictly negative at the
     # midpoint (each extreme choice makes one of them tight).
     reduced = f[0][:, None] + g[0][None, :] - (z[0][:, None] - np.linspace(0, 1, 4)) ** 2
     np.testing.assert_allclose(np.diag(reduced), 0.0, atol=1e-12)
     off = np.diag(reduced, 1), np.diag(reduced, -1)
     assert np.all(np.concatenate(off) < -1e-6)
+
+
+@pytest.mark.parametrize("pairwise", [False, True], ids=["sorted", "pairwise"])
+def test_sort_order_is_a_stable_argsort_and_its_inverse(lib: Lib, pairwise: bool) -> None:
+    """Ties keep their order, NaN goes last (NumPy's order), infinities sort, and ``rank``
+    inverts ``order``: on every adapter, by a sort and by comparisons of every pair."""
+    rng = np.random.default_rng(5)
+    z = rng.integers(0, 4, size=(6, 9)).astype(float)  # many ties
+    z[1, [2, 7]] = np.nan
+    z[2, :] = np.nan
+    z[3, [0, 4]] = [np.inf, -np.inf]
+    z[4, :] = 1.0
+    zz = lib.asarray(z)
+    order, rank = sort_order(backend_of(zz, pairwise), zz)
+    order, rank = lib.to_numpy(order), lib.to_numpy(rank)
+    np.testing.assert_array_equal(order, np.argsort(z, axis=-1, kind="stable"))
+    np.testing.assert_array_equal(np.take_along_axis(rank, order, axis=-1), np.broadcast_to(np.arange(9), z.shape))
 
 
 @pytest.mark.slow_on("jax")  # compile-bound under JAX; same core code elsewhere

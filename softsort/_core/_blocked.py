@@ -455,7 +455,7 @@ def solve(
     omega_fixed = 1.0 if adaptive else float(config.momentum)
     plain = not adaptive and omega_fixed == 1.0
 
-    f0, g0 = _start(xp, config.init, z, a, b, eps, zero_weights=config.zero_weights)
+    f0, g0 = _start(backend, config.init, z, a, b, eps, zero_weights=config.zero_weights)
     f0, g0 = backend.stop_gradient(f0), backend.stop_gradient(g0)
     f0, col0 = _f_pass(backend, rows, zs, ys, log_a, f0, g0, lambda old, new: old)
     errors0 = -xp.ones((*batch, config.num_checks), dtype=z.dtype, device=dev)

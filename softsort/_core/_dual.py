@@ -26,15 +26,52 @@ from typing import Any
 from .._compat import device
 
 
-def _count_below(xp: Any, v: Any, w: Any, strict: bool, index_dtype: Any) -> Any:
+def pairwise_order(xp: Any, z: Any) -> tuple[Any, Any]:
+    """``(order, rank)`` of the rows of ``z`` (..., n) by comparing every pair of entries.
+
+    ``rank_i`` counts the entries before ``z_i`` in NumPy's stable ascending order (NaN
+    last), so ``rank`` is a permutation whatever the values and ``order`` (its inverse, by
+    matching ranks to positions) equals ``argsort(z, stable=True)``. O(n^2) per row in
+    a few fused passes: for short rows where the library's sort is slow (XLA's CPU sort:
+    about a microsecond a row of 10). Indices have the default integer dtype.
+    """
+    n = z.shape[-1]
+    idx = xp.arange(n, device=device(z))
+    zi, zj = z[..., :, None], z[..., None, :]
+    nan_i, nan_j = xp.isnan(zi), xp.isnan(zj)
+    same = (zj == zi) | (nan_i & nan_j)
+    before = (zj < zi) | (nan_i & ~nan_j) | (same & (idx[None, :] < idx[:, None]))
+    rank = xp.sum(xp.astype(before, idx.dtype), axis=-1)
+    hit = rank[..., :, None] == idx  # [i, r]: entry i has rank r
+    order = xp.sum(xp.where(hit, idx[:, None], xp.zeros_like(idx[:, None])), axis=-2)
+    return order, rank
+
+
+def sort_order(backend: Any, z: Any) -> tuple[Any, Any]:
+    """``(order, rank)``: the stable ascending argsort of the rows of ``z`` and its inverse.
+
+    Rows of at most ``backend.pairwise_rows`` entries by :func:`pairwise_order`; longer
+    ones by one sort, inverted by the adapter (a scatter where the library has one).
+    """
+    if z.shape[-1] <= backend.pairwise_rows:
+        return pairwise_order(backend.xp, z)
+    order = backend.xp.argsort(z, axis=-1, stable=True)
+    return order, backend.inverse_permutation(order)
+
+
+def _count_below(xp: Any, v: Any, w: Any, strict: bool, index_dtype: Any, pairwise: bool = False) -> Any:
     """For each ``v_k`` (..., p): how many of the ascending ``w`` (..., q) lie below it.
 
     ``w < v_k`` if ``strict`` else ``w <= v_k``. A binary search run on every row and entry
     at once: ``ceil(log2(q + 1))`` rounds of a gather and a comparison, O(p log q) per row
-    with nothing of size p x q (a batched ``searchsorted``, which the standard lacks).
+    with nothing of size p x q (a batched ``searchsorted``, which the standard lacks);
+    ``pairwise``: one comparison of every pair instead (short rows, see :func:`sort_order`).
     Indices have ``index_dtype`` (PyTorch gathers with int64 only).
     """
     q = w.shape[-1]
+    if pairwise:
+        below = (w[..., None, :] < v[..., :, None]) if strict else (w[..., None, :] <= v[..., :, None])
+        return xp.sum(xp.astype(below, index_dtype), axis=-1)
     low = xp.zeros(v.shape, dtype=index_dtype, device=device(v))
     high = xp.full(v.shape, q, dtype=index_dtype, device=device(v))
     for _ in range(math.ceil(math.log2(q + 1))):
@@ -47,16 +84,19 @@ def _count_below(xp: Any, v: Any, w: Any, strict: bool, index_dtype: Any) -> Any
     return low
 
 
-def exact_dual(xp: Any, z: Any, a: Any, b: Any, y: Any = None) -> tuple[Any, Any]:
+def exact_dual(backend: Any, z: Any, a: Any, b: Any, y: Any = None) -> tuple[Any, Any]:
     """Potentials ``(f, g)`` of the unregularized problem, ``f + g <= C`` with equality on the plan.
 
     ``z, a`` are (..., n), ``b`` is (..., m) (rows of ``a`` and ``b`` sum to one); the
     targets are ``linspace(0, 1, m)``, or the increasing positions ``y`` (..., m). Cost: a
     sort of ``z`` (and of its order, to undo it) and binary searches of each cumulative
-    mass in the other: O((n + m) log(n + m)) per row, no array of size n x m.
+    mass in the other: O((n + m) log(n + m)) per row, no array of size n x m (rows of at
+    most ``backend.pairwise_rows`` inputs and targets: comparisons of every pair instead).
     """
+    xp = backend.xp
     n, m = z.shape[-1], b.shape[-1]
-    order = xp.argsort(z, axis=-1, stable=True)
+    order, rank = sort_order(backend, z)
+    pairwise = max(n, m) <= backend.pairwise_rows
     zs = xp.take_along_axis(z, order, axis=-1)
     cum_a = xp.cumulative_sum(xp.take_along_axis(a, order, axis=-1), axis=-1)
     cum_b = xp.cumulative_sum(b, axis=-1)
@@ -70,8 +110,8 @@ def exact_dual(xp: Any, z: Any, a: Any, b: Any, y: Any = None) -> tuple[Any, Any
         # j(i) = #{j: B_j < A_i}, i(j) = #{i: A_i <= B_j} turn down first at a tie;
         # j(i) = #{j: B_j <= A_i}, i(j) = #{i: A_i < B_j} turn right first.
         shift = -tol if down_first else tol
-        col_of_row = xp.clip(_count_below(xp, ca + shift, cum_b, down_first, order.dtype), 0, m - 1)
-        row_of_col = xp.clip(_count_below(xp, cb - shift, cum_a, not down_first, order.dtype), 0, n - 1)
+        col_of_row = xp.clip(_count_below(xp, ca + shift, cum_b, down_first, order.dtype, pairwise), 0, m - 1)
+        row_of_col = xp.clip(_count_below(xp, cb - shift, cum_a, not down_first, order.dtype, pairwise), 0, n - 1)
         # C[i+1, j] - C[i, j] = (z[i+1] - z[i]) (z[i+1] + z[i] - 2 y_j)
         if y is None:
             y_row = xp.astype(col_of_row, z.dtype) * step
@@ -93,7 +133,7 @@ def exact_dual(xp: Any, z: Any, a: Any, b: Any, y: Any = None) -> tuple[Any, Any
     # Cell (0, 0) is on every staircase: f_0 + g_0 = C_00 = (z_0 - y_0)**2, with f_0 = 0.
     first = zs[..., :1] if y is None else zs[..., :1] - y[..., :1]
     g = first * first + 0.5 * (g_down + g_right)
-    f = xp.take_along_axis(f_sorted, xp.argsort(order, axis=-1), axis=-1)
+    f = xp.take_along_axis(f_sorted, rank, axis=-1)
     return f, g
 
 

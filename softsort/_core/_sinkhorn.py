@@ -141,7 +141,7 @@ def solve(backend: Any, config: SolverConfig, z: Any, a: Any, b: Any, eps: Any, 
         rows = _Rows(z * scale, y * scale, a, b, eps)
     batch = a.shape[:-1]
     eps_col = eps[..., None]
-    f0, g0 = _start(xp, init, z, a, b, eps, given_y, config.zero_weights)
+    f0, g0 = _start(backend, init, z, a, b, eps, given_y, config.zero_weights)
     if config.zero_weights:
         f0, g0 = _zero_weight_start(backend, rows, f0, g0)
     errors0 = -xp.ones((*batch, config.num_checks), dtype=z.dtype, device=dev)
@@ -555,13 +555,14 @@ def _block(backend: Any, config: SolverConfig, rows: _Rows, state: _State, first
 
 
 def _start(
-    xp: Any, init: str, z: Any, a: Any, b: Any, eps: Any, y: Any = None, zero_weights: bool = False
+    backend: Any, init: str, z: Any, a: Any, b: Any, eps: Any, y: Any = None, zero_weights: bool = False
 ) -> tuple[Any, Any]:
     """Starting potentials in units of epsilon (see ``SolverConfig.init``, ``resolve_init``).
 
     With ``zero_weights`` (``mask=``) a row's start follows its own counts of inputs and
     targets of positive weight, as when the row is solved alone.
     """
+    xp = backend.xp
     dev = device(z)
     f0 = xp.zeros(a.shape, dtype=z.dtype, device=dev)
     g0 = xp.zeros(b.shape, dtype=z.dtype, device=dev)
@@ -569,7 +570,7 @@ def _start(
         init = resolve_init(init, z.shape[-1], b.shape[-1])
     if init == "zeros" or math.prod(z.shape) == 0:
         return f0, g0
-    f, g = exact_dual(xp, z, a, b, y)
+    f, g = exact_dual(backend, z, a, b, y)
     f, g = f / eps[..., None], g / eps[..., None]
     if init == "dual":
         return f, g

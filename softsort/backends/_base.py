@@ -201,6 +201,18 @@ class Backend:
         return self.xp.linalg.solve(mat, rhs[..., None])[..., 0]
 
     # -- optional fast paths ----------------------------------------------------------
+    #: Rows of at most this many entries are ordered (the exact-dual start) by comparing
+    #: every pair instead of a sort and binary searches; 0: always sort. Adapters whose
+    #: sort is slow on short rows raise it (chosen by measurement).
+    pairwise_rows = 0
+
+    def inverse_permutation(self, order: Any) -> Any:
+        """The inverse of the permutations ``order`` along the last axis (``argsort(order)``).
+
+        Generic: a second sort; adapters with a scatter place ``arange(n)`` at ``order``.
+        """
+        return self.xp.argsort(order, axis=-1)
+
     def cache_chunk_bytes(self, like: Any) -> int | None:
         """Bytes of plans to solve at once when a batch is split for the cache, or ``None``.
 

@@ -34,6 +34,11 @@ class NumpyBackend(Backend):
         del like
         return CACHE_CHUNK_BYTES
 
+    def inverse_permutation(self, order: Any) -> Any:
+        out = np.empty_like(order)
+        np.put_along_axis(out, order, np.broadcast_to(np.arange(order.shape[-1]), order.shape), axis=-1)
+        return out
+
     def writable(self, x: Any) -> bool:
         return isinstance(x, np.ndarray)
 

@@ -205,6 +205,14 @@ class TorchBackend(Backend):
     def logsumexp(self, x: Any, axis: int) -> Any:
         return torch.logsumexp(x, dim=axis)
 
+    #: 1000 rows of 10, exact-dual start: 6.1 ms by sort and searches, 4.5 ms pairwise; at
+    #: rows of 32 no faster (benchmarks: CPU, 2 threads).
+    pairwise_rows = 16
+
+    def inverse_permutation(self, order: Any) -> Any:
+        positions = torch.arange(order.shape[-1], device=order.device).expand(order.shape)
+        return torch.zeros_like(order).scatter(-1, order, positions)
+
 
 #: Smallest matrix (entries) whose CPU matrix-vector products are split into row blocks.
 SPLIT_MIN_SIZE = 2**16
