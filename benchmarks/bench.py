@@ -5,15 +5,20 @@ Usage::
     python benchmarks/bench.py                 # full run, writes benchmarks/results/
     python benchmarks/bench.py --quick         # a fast check (few repeats, small sweep)
     python benchmarks/bench.py --only W1,G1,sweep --libs softsort-jax,ott
+    python benchmarks/bench.py --separate      # each (library, workload) in its own process
 
-Every library runs in this one process on the same float32 inputs (``_workloads.py``).
+Every library gets the same float32 inputs (``_workloads.py``). Without ``--separate`` all
+run in this one process; with it (the committed results, ``nox -s bench``) each (library,
+workload) cell runs in a process of its own, stopped after ``--cell-timeout`` seconds.
 Methods (also written to results.md):
 
 * time: median wall time of repeated calls after warm-up (the first warm-up call
   includes jit compilation and is reported separately); JAX results are waited for
-  with ``jax.block_until_ready``. The calls are made in 3 rounds: in each round every
-  library runs a block of calls on the workload in turn, so that load from other
-  processes during a workload reaches all libraries alike.
+  with ``jax.block_until_ready``. In one process the calls are made in 3 rounds: in each
+  round every library runs a block of calls on the workload in turn, so that load from
+  other processes during a workload reaches all libraries alike; with ``--separate`` the
+  rounds of a cell run in its own process, one cell after another (a change of load between
+  cells is not shared: compare the load averages at the top).
 * iterations: Sinkhorn iterations of the workload's transport problem with the same
   options: softsort the largest of ``transport_for_sort(...).iterations`` over the batch, OTT
   the largest ``n_iters`` over the batch, read from ``ott.tools.soft_sort.transport_for_sort``

@@ -266,6 +266,11 @@ class Backend:
         with _quiet_blas():
             return (vec[..., None, :] @ mat)[..., 0, :]
 
+    def gram(self, mat: Any, w: Any) -> Any:
+        """``mat^T diag(w) mat`` for a batch: ``mat`` (..., n, m), ``w`` (..., n) -> (..., m, m)."""
+        with _quiet_blas():
+            return self.xp.matrix_transpose(mat) @ (mat * w[..., :, None])
+
     def logsumexp(self, x: Any, axis: int) -> Any | None:
         """Native log-sum-exp, or ``None`` to use the core's portable one."""
         del x, axis
