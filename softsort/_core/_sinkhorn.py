@@ -510,7 +510,10 @@ def _block(backend: Any, config: SolverConfig, rows: _Rows, state: _State, first
         return _gibbs_kernel(backend, _subtract_columns(backend, _cost(backend, rows), g), f)
 
     def run_steps(kernel: Any, lu: Any, lv: Any, omega: Any, it: Any) -> tuple[Any, Any, Any]:
-        if not adaptive and omega_fixed == 1.0:  # plain steps: no logs, no relaxation
+        # Plain steps (no logs, no relaxation) for plain Sinkhorn, and for the first block of
+        # the adaptive rule, which starts every row at omega = 1 (_adapt_omega): the same
+        # iterates up to rounding, one division per half-step instead of a log and an exp.
+        if (not adaptive and omega_fixed == 1.0) or (adaptive and first):
             return _plain_kernel_steps(
                 backend, kernel, lu, lv, a, b, inner, lambda old, new, j, last: partial(old, new, it, j)
             )
