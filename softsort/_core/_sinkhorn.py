@@ -511,8 +511,9 @@ def _block(backend: Any, config: SolverConfig, rows: _Rows, state: _State, first
 
     def run_steps(kernel: Any, lu: Any, lv: Any, omega: Any, it: Any) -> tuple[Any, Any, Any]:
         # Plain steps (no logs, no relaxation) for plain Sinkhorn, and for the first block of
-        # the adaptive rule, which starts every row at omega = 1 (_adapt_omega): the same
-        # iterates up to rounding, one division per half-step instead of a log and an exp.
+        # the adaptive rule: every row starts at omega = 1 (solve's omega_start) and
+        # _adapt_omega sets its factor only after the second check. Same iterates up to
+        # rounding, one division per half-step instead of a log and an exp.
         if (not adaptive and omega_fixed == 1.0) or (adaptive and first):
             return _plain_kernel_steps(
                 backend, kernel, lu, lv, a, b, inner, lambda old, new, j, last: partial(old, new, it, j)
