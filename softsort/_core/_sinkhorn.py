@@ -277,9 +277,10 @@ def _iterate(
         return xp.logical_and(s.it < max_it, xp.any(_running(config, s)))
 
     def done(s: _State) -> _State:
-        # After compaction the kernel is not put back together (a gather and a select of
-        # the whole n x m array): the plan is then made from the potentials.
-        return s._replace(kernel=None)
+        # Under a compiler the kernel is not put back together after compaction (a gather
+        # and a select of the whole n x m array): the plan is then made from the potentials.
+        # An eager library writes the small batch's kernel rows back into its own (_compacted).
+        return s if _kernel_in_place(backend, s) else s._replace(kernel=None)
 
     if not config.implicit_diff:  # differentiated through: one loop autodiff can reverse
         return cast(_State, backend.bounded_while_loop(cond, body, state, config.num_checks - 1))
@@ -312,12 +313,20 @@ def _compacted(
     def gather(x: Any) -> Any:
         return x if x is None or x.ndim == 0 else xp.take(x, index, axis=0)
 
+    in_place = _kernel_in_place(backend, state)
     sub = _iterate(backend, config, _Rows(*map(gather, rows)), _State(*map(gather, state)), levels, until)
-    sub = sub._replace(kernel=None)  # not put back together: see _iterate's done
     # Row r of the batch is row position[r] of the small one when it ran there.
     position = xp.cumulative_sum(xp.astype(running, index.dtype)) - 1
     back = running & (position < keep)
     position = xp.clip(position, 0, keep - 1)
+    kernel = None
+    if in_place:
+        # The rows that ran in the small batch, written into the batch's kernel in its
+        # memory: the plan is then made from the kernel (an eager library would otherwise
+        # make it from the potentials: an exp of every entry and a new n x m array).
+        kernel = state.kernel
+        kernel[back] = xp.take(sub.kernel, position[back], axis=0)
+    sub = sub._replace(kernel=None)  # not put back together by scatter (see _iterate's done)
 
     def scatter(old: Any, new: Any) -> Any:
         if old is None or new is None or old.ndim == 0:
@@ -325,7 +334,12 @@ def _compacted(
         mask = xp.reshape(back, (-1,) + (1,) * (old.ndim - 1))
         return xp.where(mask, xp.take(new, position, axis=0), old)
 
-    return _State(*map(scatter, state, sub))
+    return _State(*map(scatter, state, sub))._replace(kernel=kernel)
+
+
+def _kernel_in_place(backend: Any, state: _State) -> bool:
+    """Whether compaction puts the kernel rows back in place (eager libraries, nothing recorded)."""
+    return state.kernel is not None and backend.writable(state.kernel)
 
 
 def _sinkhorn_then_newton(backend: Any, config: SolverConfig, rows: _Rows, state: _State) -> _State:
@@ -611,9 +625,20 @@ def _first_kernel(backend: Any, rows: _Rows, f0: Any, log_a: Any, log_b: Any, ze
     log_row_count = xp.log(xp.maximum(width * (m - 1), 1.0))[..., None]
     log_col_count = xp.log(xp.maximum(width * (n - 1), 1.0))[..., None]
     cost = _cost(backend, rows)
-    shifted = cost if zero_start else cost - f0[..., :, None]
-    g = backend.stop_gradient(xp.min(shifted, axis=-2) + log_b - log_col_count)
-    del shifted
+    if zero_start:
+        g = backend.stop_gradient(xp.min(cost, axis=-2) + log_b - log_col_count)
+    elif backend.writable(cost):
+        # C - f0 in the cost's memory, then the cost made again in the memory just freed:
+        # one n x m array at a time. With two alive, an eager library's heap grew by both
+        # and glibc handed them back after the call: every call then paid the page faults
+        # of two fresh arrays (NumPy W1: ~1900 faults, ~3.6 ms each 4 MB array on this VM),
+        # where making the cost again costs a subtraction and a product.
+        g = backend.stop_gradient(xp.min(_in_place(backend, operator.sub, cost, f0[..., :, None]), axis=-2))
+        g = g + log_b - log_col_count
+        del cost
+        cost = _cost(backend, rows)
+    else:
+        g = backend.stop_gradient(xp.min(cost - f0[..., :, None], axis=-2) + log_b - log_col_count)
     d = _subtract_columns(backend, cost, g)  # C - g, in the cost's memory where allowed
     f = backend.stop_gradient(xp.min(d, axis=-1) + log_a - log_row_count)
     return f, g, _gibbs_kernel(backend, d, f)
