@@ -105,13 +105,17 @@ def exact_dual(backend: Any, z: Any, a: Any, b: Any, y: Any = None) -> tuple[Any
     tol = 4.0 * max(n, m) * xp.finfo(z.dtype).eps
     ca, cb = cum_a[..., :-1], cum_b[..., :-1]  # where rows 0..n-2 and columns 0..m-2 end
 
+    def count_below(v: Any, w: Any, strict: bool) -> Any:
+        native = None if pairwise else backend.count_below(v, w, strict)
+        return _count_below(xp, v, w, strict, order.dtype, pairwise) if native is None else native
+
     def staircase(down_first: bool) -> tuple[Any, Any]:
         # Row i hands over to row i + 1 in column j(i), column j to j + 1 in row i(j).
         # j(i) = #{j: B_j < A_i}, i(j) = #{i: A_i <= B_j} turn down first at a tie;
         # j(i) = #{j: B_j <= A_i}, i(j) = #{i: A_i < B_j} turn right first.
         shift = -tol if down_first else tol
-        col_of_row = xp.clip(_count_below(xp, ca + shift, cum_b, down_first, order.dtype, pairwise), 0, m - 1)
-        row_of_col = xp.clip(_count_below(xp, cb - shift, cum_a, not down_first, order.dtype, pairwise), 0, n - 1)
+        col_of_row = backend.clip(count_below(ca + shift, cum_b, down_first), 0, m - 1)
+        row_of_col = backend.clip(count_below(cb - shift, cum_a, not down_first), 0, n - 1)
         # C[i+1, j] - C[i, j] = (z[i+1] - z[i]) (z[i+1] + z[i] - 2 y_j)
         if y is None:
             y_row = xp.astype(col_of_row, z.dtype) * step

@@ -206,6 +206,17 @@ class Backend:
     #: sort is slow on short rows raise it (chosen by measurement).
     pairwise_rows = 0
 
+    def count_below(self, v: Any, w: Any, strict: bool) -> Any | None:
+        """For each ``v_k`` (..., p): how many of ``w`` (..., q) lie below it, or ``None``.
+
+        Both ``v`` and ``w`` ascend along the last axis; ``w < v_k`` if ``strict`` else
+        ``w <= v_k``; default integer dtype (int64 on PyTorch). ``None``: the core's
+        binary search (a gather and a comparison per round, built from the standard: fast
+        under a compiler, a dozen small calls per round on an eager library).
+        """
+        del v, w, strict
+        return None
+
     def inverse_permutation(self, order: Any) -> Any:
         """The inverse of the permutations ``order`` along the last axis (``argsort(order)``).
 
@@ -227,7 +238,7 @@ class Backend:
         return None
 
     def clip(self, x: Any, low: float | None, high: float | None) -> Any:
-        """``x`` clipped to ``[low, high]`` (``None``: no bound), NaN kept; Python float bounds.
+        """``x`` clipped to ``[low, high]`` (``None``: no bound), NaN kept; Python scalar bounds.
 
         ``maximum``/``minimum``: array-api-compat's ``clip`` is Python code of its own for
         NumPy (8 us a call against 1.8 us for these two on 1000 values), and the Sinkhorn

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -33,6 +33,19 @@ class NumpyBackend(Backend):
     def cache_chunk_bytes(self, like: Any) -> int | None:
         del like
         return CACHE_CHUNK_BYTES
+
+    def count_below(self, v: Any, w: Any, strict: bool) -> Any:
+        side: Literal["left", "right"] = "left" if strict else "right"
+        if math.prod(v.shape[:-1]) == 1:
+            return np.reshape(np.searchsorted(np.reshape(w, (-1,)), np.reshape(v, (-1,)), side=side), v.shape)
+        # A batch: NumPy's searchsorted takes one row. Both rows ascend, so a stable sort
+        # of each row of v and w together places v_k after v_0..v_{k-1} and the w below it
+        # (w equal to v_k after it when strict: v comes first in the row, before it when not).
+        p = v.shape[-1]
+        both = np.concatenate([v, w] if strict else [w, v], axis=-1)
+        where = self.inverse_permutation(np.argsort(both, axis=-1, kind="stable"))
+        placed = where[..., :p] if strict else where[..., w.shape[-1] :]
+        return placed - np.arange(p)
 
     def inverse_permutation(self, order: Any) -> Any:
         out = np.empty_like(order)

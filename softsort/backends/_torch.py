@@ -209,10 +209,20 @@ class TorchBackend(Backend):
     #: rows of 32 no faster (exact_dual timed alone, float32, 2-thread CPU).
     pairwise_rows = 16
 
+    def cache_chunk_bytes(self, like: Any) -> int | None:
+        return CACHE_CHUNK_BYTES if like.device.type == "cpu" else None
+
+    def count_below(self, v: Any, w: Any, strict: bool) -> Any:
+        return torch.searchsorted(w.contiguous(), v.contiguous(), right=not strict)
+
     def inverse_permutation(self, order: Any) -> Any:
         positions = torch.arange(order.shape[-1], device=order.device).expand(order.shape)
         return torch.zeros_like(order).scatter(-1, order, positions)
 
+
+#: Plans per chunk of a batch on a CPU (see ``Backend.cache_chunk_bytes``); chosen with
+#: ``benchmarks/chunk_sizes.py`` on a 2-core CPU (results/chunk_sizes.json). CUDA: never split.
+CACHE_CHUNK_BYTES = 8 << 20
 
 #: Smallest matrix (entries) whose CPU matrix-vector products are split into row blocks.
 SPLIT_MIN_SIZE = 2**16
