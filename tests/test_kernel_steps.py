@@ -106,6 +106,25 @@ def test_numpy_floored_exp_in_place() -> None:
     assert np.all(out[~np.isnan(out)] >= math.exp(floor))
 
 
+@pytest.mark.backend("numpy")
+@pytest.mark.parametrize(
+    "shape", [(10000, 3), (1000, 10, 10), (64, 40, 2), (3,), (1, 5), (50, 50), (4, 17, 16), (2, 1, 3)]
+)
+def test_numpy_reductions_reordered(shape: tuple[int, ...]) -> None:
+    """The reordered reductions (short runs): NumPy's minimum exactly, its sum up to rounding."""
+    backend = get_backend(array_namespace(np.zeros(1)))
+    x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    x.flat[:: max(1, x.size // 7)] = np.nan
+    for axis in range(-x.ndim, 0):
+        got = backend.min(x, axis)
+        np.testing.assert_array_equal(got, np.min(x, axis=axis))
+        assert got.dtype == x.dtype
+        total = backend.sum(x, axis)
+        assert total.dtype == x.dtype
+        np.testing.assert_allclose(total, np.sum(x.astype(np.float64), axis=axis), rtol=1e-5, atol=1e-3)
+        assert np.array_equal(np.isnan(total), np.isnan(np.sum(x, axis=axis)))
+
+
 @pytest.mark.skipif(not available("torch"), reason="PyTorch backend not enabled")
 @pytest.mark.backend("torch")
 def test_torch_split_products(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -424,7 +424,7 @@ def _f_pass(backend: Any, rows: int, zs: Any, ys: Any, log_a: Any, f: Any, g: An
     def body(col: Any, blk: tuple[Any, ...]) -> tuple[Any, ...]:
         zb, fb, lab = blk
         d = _in_place(backend, operator.sub, _cost_block(backend, zb, ys), g[..., None, :])
-        low = xp.min(d, axis=-1)
+        low = backend.min(d, -1)
         e = _gibbs_kernel(backend, d, low)
         f_new = update(fb, lab + low - xp.log(xp.sum(e, axis=-1)))
         return col + backend.vecmat(xp.exp(f_new - low), e), (f_new,)

@@ -84,10 +84,13 @@ class DensePlan:
         return self.xp.matrix_transpose(self.array) @ left
 
     def col_sums(self) -> Any:
-        return self.xp.sum(self.array, axis=-2)
+        return self._sum(self.array, -2)
 
     def row_sums(self) -> Any:
-        return self.xp.sum(self.array, axis=-1)
+        return self._sum(self.array, -1)
+
+    def _sum(self, x: Any, axis: int) -> Any:
+        return self.xp.sum(x, axis=axis) if self.backend is None else self.backend.sum(x, axis)
 
     # -- what the implicit solve (:func:`._implicit._marginal_solve`) asks of a plan --------
     def transposed(self) -> DensePlan:

@@ -230,11 +230,11 @@ def _returned(backend: Any, plan: Any, a: Any, b: Any) -> tuple[Any, Any]:
     zero: its column error shows it.
     """
     xp = backend.xp
-    row = xp.sum(plan, axis=-1)
+    row = backend.sum(plan, -1)
     ok = row > 0
     scale = xp.where(ok, a / xp.where(ok, row, xp.ones_like(row)), xp.ones_like(row))
     plan = _in_place(backend, operator.mul, plan, scale[..., :, None])
-    err = xp.sum(xp.abs(xp.sum(plan, axis=-2) - b), axis=-1)
+    err = xp.sum(xp.abs(backend.sum(plan, -2) - b), axis=-1)
     return plan, backend.stop_gradient(err)
 
 
@@ -527,8 +527,10 @@ def _block(backend: Any, config: SolverConfig, rows: _Rows, state: _State, first
         # Plain steps (no logs, no relaxation) for plain Sinkhorn, and for the first block of
         # the adaptive rule: every row starts at omega = 1 (solve's omega_start) and
         # _adapt_omega sets its factor only after the second check. Same iterates up to
-        # rounding, one division per half-step instead of a log and an exp.
-        if (not adaptive and omega_fixed == 1.0) or (adaptive and first):
+        # rounding, one division per half-step instead of a log and an exp. An eager library
+        # reads omega: its second block too (every row still at 1), and any later block
+        # where every row fell back to 1; under a compiler the factor is traced.
+        if (not adaptive and omega_fixed == 1.0) or (adaptive and (first or _all_plain(backend, omega))):
             return _plain_kernel_steps(
                 backend, kernel, lu, lv, a, b, inner, lambda old, new, j, last: partial(old, new, it, j)
             )
@@ -570,6 +572,11 @@ def _block(backend: Any, config: SolverConfig, rows: _Rows, state: _State, first
     row_it = row_it + xp.where(active, steps, xp.zeros_like(steps))
     it = it + steps
     return _State(f, g, lu, lv, kernel, errors, it, omega, xp.where(active, err, last_err), row_it)
+
+
+def _all_plain(backend: Any, omega: Any) -> bool:
+    """Whether ``omega`` is readable and 1 for every row (the relaxed step is then plain)."""
+    return backend.is_concrete(omega) and bool(backend.xp.all(omega == 1.0))
 
 
 def _start(
@@ -615,8 +622,8 @@ def _first_kernel(backend: Any, rows: _Rows, f0: Any, log_a: Any, log_b: Any, ze
     entirely; and the kernel is close to the plan, so the scalings stay small (an absorption,
     i.e. a rebuild, is rarely needed). The start is the iterate ``(f0, g0)``, carried by the
     scalings ``exp(f0 - f)``, ``exp(g0 - g)``: the steps are those of log-domain Sinkhorn
-    from ``(f0, g0)``. Two min-reductions and one ``exp`` of the ``n x m`` array, where a
-    first log-domain step took two log-sum-exps and an ``exp`` besides. The references
+    from ``(f0, g0)``. One cost, two min-reductions and one ``exp`` of the ``n x m`` array,
+    where a first log-domain step took two log-sum-exps and an ``exp`` besides. The references
     carry no gradient: the iterates do not depend on them.
     """
     xp = backend.xp
@@ -624,24 +631,19 @@ def _first_kernel(backend: Any, rows: _Rows, f0: Any, log_a: Any, log_b: Any, ze
     width = xp.sqrt(math.pi * rows.eps)
     log_row_count = xp.log(xp.maximum(width * (m - 1), 1.0))[..., None]
     log_col_count = xp.log(xp.maximum(width * (n - 1), 1.0))[..., None]
-    cost = _cost(backend, rows)
-    if zero_start:
-        g = backend.stop_gradient(xp.min(cost, axis=-2) + log_b - log_col_count)
-    elif backend.writable(cost):
-        # C - f0 in the cost's memory, then the cost made again in the memory just freed:
-        # one n x m array at a time. With two alive, an eager library's heap grew by both
-        # and glibc handed them back after the call: every call then paid the page faults
-        # of two fresh arrays (NumPy W1: ~1900 faults, ~3.6 ms each 4 MB array on this VM),
-        # where making the cost again costs a subtraction and a product.
-        g = backend.stop_gradient(xp.min(_in_place(backend, operator.sub, cost, f0[..., :, None]), axis=-2))
-        g = g + log_b - log_col_count
-        del cost
-        cost = _cost(backend, rows)
-    else:
-        g = backend.stop_gradient(xp.min(cost - f0[..., :, None], axis=-2) + log_b - log_col_count)
-    d = _subtract_columns(backend, cost, g)  # C - g, in the cost's memory where allowed
-    f = backend.stop_gradient(xp.min(d, axis=-1) + log_a - log_row_count)
-    return f, g, _gibbs_kernel(backend, d, f)
+    # d = C - f0 - g, in the cost's memory where allowed: one n x m array at a time, and
+    # the cost made once (an eager library's heap otherwise grew by two arrays, which glibc
+    # handed back after the call: every call then paid the page faults of two fresh arrays,
+    # NumPy W1 ~1900 faults, ~3.6 ms each 4 MB array on this VM). Then
+    # min_j (C - g) = f0 + min_j d and exp(f + g - C) = exp((f - f0) - d).
+    d = _cost(backend, rows)
+    if not zero_start:
+        d = _in_place(backend, operator.sub, d, f0[..., :, None])
+    g = backend.stop_gradient(backend.min(d, -2) + log_b - log_col_count)
+    d = _subtract_columns(backend, d, g)
+    low = backend.stop_gradient(backend.min(d, -1) + log_a - log_row_count)
+    f = low if zero_start else backend.stop_gradient(f0 + low)
+    return f, g, _gibbs_kernel(backend, d, low)
 
 
 def _subtract_columns(backend: Any, cost: Any, g: Any) -> Any:
@@ -703,11 +705,9 @@ def _kernel_steps(
 
     def step(j: Any, scalings: tuple[Any, Any], last: bool) -> tuple[Any, Any]:
         log_u, log_v = scalings
-        ktu = vm(xp.exp(log_u), kernel)
-        step_v = log_b - xp.log(xp.where(ktu > tiny, ktu, xp.full_like(ktu, tiny)))
+        step_v = log_b - xp.log(clip(vm(xp.exp(log_u), kernel), tiny, None))
         log_v = clip(relax(log_v, step_v, j, last), -cap, cap)
-        kv = mv(kernel, xp.exp(log_v))
-        step_u = log_a - xp.log(xp.where(kv > tiny, kv, xp.full_like(kv, tiny)))
+        step_u = log_a - xp.log(clip(mv(kernel, xp.exp(log_v)), tiny, None))
         return clip(relax(log_u, step_u, j, last), -cap, cap), log_v
 
     log_u, log_v = _steps(backend, count, step, (log_u, log_v))

@@ -248,6 +248,14 @@ class Backend:
             x = self.xp.maximum(x, low)
         return x if high is None else self.xp.minimum(x, high)
 
+    def min(self, x: Any, axis: int) -> Any:
+        """The minimum of ``x`` along ``axis`` (one axis, NaN kept). Generic: ``xp.min``."""
+        return self.xp.min(x, axis=axis)
+
+    def sum(self, x: Any, axis: int) -> Any:
+        """The sum of ``x`` along ``axis`` (one axis). Generic: ``xp.sum``."""
+        return self.xp.sum(x, axis=axis)
+
     def floored_exp(self, f: Any, d: Any, log_floor: float) -> Any:
         """``exp(f[..., :, None] - d)``, every entry at least ``exp(log_floor)``, NaN kept.
 

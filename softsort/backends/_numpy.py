@@ -14,6 +14,11 @@ from ._base import Backend
 CACHE_CHUNK_BYTES = 8 << 20
 
 
+#: Reductions whose innermost run is at most this long are reordered (see ``min``);
+#: measured on a 2-core CPU, float32: 10 x 10 rows 5x faster, runs of 64 slower.
+SHORT_RUN = 16
+
+
 class NumpyBackend(Backend):
     name = "numpy"
 
@@ -55,6 +60,12 @@ class NumpyBackend(Backend):
     def writable(self, x: Any) -> bool:
         return isinstance(x, np.ndarray)
 
+    def min(self, x: Any, axis: int) -> Any:
+        return _reduce(np.minimum, x, axis)
+
+    def sum(self, x: Any, axis: int) -> Any:
+        return _reduce(np.add, x, axis)
+
     def floored_exp(self, f: Any, d: Any, log_floor: float) -> Any:
         # In place, and the floor added after the exp: NumPy's float32 maximum takes 0.29 ms
         # on 10^6 values, as long as its exp, while an add takes 0.08 ms and its exp
@@ -64,3 +75,23 @@ class NumpyBackend(Backend):
         np.exp(d, out=d)
         d += math.exp(log_floor)
         return d
+
+
+def _reduce(ufunc: Any, x: Any, axis: int) -> Any:
+    """``ufunc.reduce(x, axis)``, reordered where NumPy's own order is slow.
+
+    NumPy reduces with one inner loop per run of the innermost axis: where that run is
+    short (the reduced axis itself, or the axes after it) the loop overhead dominates
+    (float32 minimum of 10000 x 3: 0.49 ms along the last axis, 0.40 ms along the first;
+    16384 x 64 x 2: 49 / 54 ms). A copy with the reduced axis moved first (elementwise
+    reductions of long rows) or last (one long contiguous run per output) is 5-15x faster
+    there. Minima are exact either way; sums may round differently (pairwise along a
+    contiguous run, in order along the first axis).
+    """
+    axis %= x.ndim
+    length = x.shape[axis]
+    if x.size == length or (length > SHORT_RUN and math.prod(x.shape[axis + 1 :]) > SHORT_RUN):
+        return ufunc.reduce(x, axis=axis)
+    if length <= SHORT_RUN:
+        return ufunc.reduce(np.ascontiguousarray(np.moveaxis(x, axis, 0)), axis=0)
+    return ufunc.reduce(np.ascontiguousarray(np.moveaxis(x, axis, -1)), axis=-1)
