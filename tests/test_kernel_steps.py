@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from conftest import Lib, available
 from softsort._core import _sinkhorn
 from softsort._core._config import SolverConfig
 from softsort.backends import get_backend
+from softsort.backends._base import Backend
 
 #: In the slow set under JAX (compile-bound); the kernel steps are the same core code on every backend.
 pytestmark = pytest.mark.slow_on("jax")
@@ -123,6 +125,23 @@ def test_numpy_reductions_reordered(shape: tuple[int, ...]) -> None:
         assert total.dtype == x.dtype
         np.testing.assert_allclose(total, np.sum(x.astype(np.float64), axis=axis), rtol=1e-5, atol=1e-3)
         assert np.array_equal(np.isnan(total), np.isnan(np.sum(x, axis=axis)))
+
+
+@pytest.mark.backend("numpy")
+@pytest.mark.parametrize("size", [5, 4096])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_numpy_clip(size: int, dtype: Any) -> None:
+    """The adapter's clip (np.clip on large arrays): the generic one's values, NaN and dtype kept."""
+    backend = get_backend(array_namespace(np.zeros(1)))
+    x = (np.random.default_rng(2).standard_normal(size) * 10).astype(dtype)
+    if np.issubdtype(dtype, np.floating):
+        x[:3] = [np.nan, np.inf, -np.inf]  # NaN kept
+    floating = np.issubdtype(dtype, np.floating)
+    for low, high in [(-1.5, 2.0), (-1.5, None), (None, 2.0)] if floating else [(0, 3), (-2, None), (None, 4)]:
+        got = backend.clip(x, low, high)
+        expect = Backend.clip(backend, x, low, high)
+        assert got.dtype == x.dtype
+        np.testing.assert_array_equal(got, expect)
 
 
 @pytest.mark.skipif(not available("torch"), reason="PyTorch backend not enabled")

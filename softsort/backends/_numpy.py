@@ -19,6 +19,10 @@ CACHE_CHUNK_BYTES = 8 << 20
 SHORT_RUN = 16
 
 
+#: Arrays of at least this many entries are clipped with ``np.clip`` (see ``clip``).
+NATIVE_CLIP_SIZE = 2048
+
+
 class NumpyBackend(Backend):
     name = "numpy"
 
@@ -59,6 +63,14 @@ class NumpyBackend(Backend):
 
     def writable(self, x: Any) -> bool:
         return isinstance(x, np.ndarray)
+
+    def clip(self, x: Any, low: float | None, high: float | None) -> Any:
+        # NumPy's float32 maximum/minimum with a scalar run at about 1 ns an entry, its clip
+        # at a fourth of that but with a fixed cost of ~6 us: float32, 10^4 values 21.8 ->
+        # 9.3 us for both bounds, 10^3 6.3 -> 5.8, 10^2 3.9 -> 6.3.
+        if x.size < NATIVE_CLIP_SIZE or not np.issubdtype(x.dtype, np.floating):
+            return super().clip(x, low, high)
+        return np.clip(x, -np.inf if low is None else low, np.inf if high is None else high)
 
     def min(self, x: Any, axis: int) -> Any:
         return _reduce(np.minimum, x, axis)
