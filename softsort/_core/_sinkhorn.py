@@ -654,8 +654,8 @@ def _first_kernel(backend: Any, rows: _Rows, f0: Any, log_a: Any, log_b: Any, ze
     # NumPy W1 ~1900 faults, ~3.6 ms each 4 MB array on this VM). Then
     # min_j (C - g) = f0 + min_j d and exp(f + g - C) = exp((f - f0) - d).
     d = _cost(backend, rows)
-    if not zero_start:
-        d = _in_place(backend, operator.sub, d, f0[..., :, None])
+    if not zero_start:  # f0 without its gradient: the kernel depends on x through C only
+        d = _in_place(backend, operator.sub, d, backend.stop_gradient(f0)[..., :, None])
     g = backend.stop_gradient(backend.min(d, -2) + log_b - log_col_count)
     d = _subtract_columns(backend, d, g)
     low = backend.stop_gradient(backend.min(d, -1) + log_a - log_row_count)
